@@ -128,7 +128,8 @@ class GPT2Config:
             )
         if self.attn_implementation not in ATTN_IMPLEMENTATIONS:
             raise ValueError(
-                f"attn_implementation {self.attn_implementation!r} is unknown: use one of {', '.join(ATTN_IMPLEMENTATIONS)}"
+                f"attn_implementation {self.attn_implementation!r} is unknown: "
+                f"use one of {', '.join(ATTN_IMPLEMENTATIONS)}"
             )
         if self.summary_type not in ("last", "first", "mean", "cls_index", "attn"):
             raise ValueError(

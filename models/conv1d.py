@@ -43,7 +43,9 @@ def prune_conv1d(layer: Conv1D, index: torch.LongTensor, dim: int = 1) -> Conv1D
     return pruned
 
 
-def heads_to_keep(heads: set[int], n_head: int, head_dim: int, already_pruned: set[int]) -> tuple[set[int], torch.LongTensor]:
+def heads_to_keep(
+    heads: set[int], n_head: int, head_dim: int, already_pruned: set[int]
+) -> tuple[set[int], torch.LongTensor]:
     """The heads newly pruned and the feature indices that survive, accounting for heads pruned before."""
     mask = torch.ones(n_head, head_dim)
     heads = set(heads) - already_pruned

@@ -31,7 +31,9 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batc
     logits = logits.float()
     labels = F.pad(labels.to(logits.device), (0, 1), value=-100)[..., 1:]  # (B, T) shifted left
     reduction = "sum" if num_items_in_batch is not None else "mean"
-    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction=reduction)
+    loss = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=-100, reduction=reduction
+    )
     return loss / num_items_in_batch if num_items_in_batch is not None else loss
 
 
@@ -254,7 +256,7 @@ class GPT2ForSequenceClassification(GPT2PreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> SequenceClassifierOutput:
-        """Pooled logits (B, num_labels): the rightmost token that is not pad_token_id (the last one without a pad id)."""
+        """Pooled logits (B, num_labels) at the rightmost token that is not pad_token_id (the last without one)."""
         batch_size = (input_ids if input_ids is not None else inputs_embeds).shape[0]
         if self.config.pad_token_id is None and batch_size != 1:
             raise ValueError(
@@ -338,7 +340,9 @@ class GPT2ForTokenClassification(GPT2PreTrainedModel):
         loss = None
         if labels is not None:
             loss = F.cross_entropy(logits.view(-1, self.num_labels), labels.to(logits.device).view(-1))
-        return TokenClassifierOutput(logits=logits, loss=loss, hidden_states=out.hidden_states, attentions=out.attentions)
+        return TokenClassifierOutput(
+            logits=logits, loss=loss, hidden_states=out.hidden_states, attentions=out.attentions
+        )
 
 
 class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
@@ -392,5 +396,9 @@ class GPT2ForQuestionAnswering(GPT2PreTrainedModel):
             end_loss = F.cross_entropy(end_logits, end_positions, ignore_index=ignored)
             loss = (start_loss + end_loss) / 2
         return QuestionAnsweringOutput(
-            start_logits=start_logits, end_logits=end_logits, loss=loss, hidden_states=out.hidden_states, attentions=out.attentions
+            start_logits=start_logits,
+            end_logits=end_logits,
+            loss=loss,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
         )

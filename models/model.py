@@ -82,14 +82,18 @@ class GPT2Model(GPT2PreTrainedModel):
         output_hidden_states = config.output_hidden_states if output_hidden_states is None else output_hidden_states
         use_cache = config.use_cache if use_cache is None else use_cache
         if self.gradient_checkpointing and self.training and use_cache:
-            warnings.warn("use_cache=True is incompatible with gradient checkpointing: setting use_cache=False", stacklevel=2)
+            warnings.warn(
+                "use_cache=True is incompatible with gradient checkpointing: setting use_cache=False", stacklevel=2
+            )
             use_cache = False
 
         if input_ids is not None and inputs_embeds is not None:
             raise ValueError("pass input_ids or inputs_embeds, not both")
         if input_ids is not None:
             if input_ids.dim() == 1:
-                raise ValueError(f"input_ids has shape {tuple(input_ids.shape)}: expected (batch, sequence); add a batch axis")
+                raise ValueError(
+                    f"input_ids has shape {tuple(input_ids.shape)}: expected (batch, sequence); add a batch axis"
+                )
             input_shape = input_ids.shape
             check_token_ids("input_ids", input_ids, config.vocab_size, "vocab_size")
             input_ids = input_ids.reshape(-1, input_shape[-1])  # (B, T)
@@ -163,11 +167,20 @@ class GPT2Model(GPT2PreTrainedModel):
             encoder_states = _to(encoder_hidden_states, block_device)
             if self.gradient_checkpointing and self.training:
                 out = checkpoint(
-                    block, hidden_states, None, self_inputs, implementation, encoder_states, cross_inputs, False,
+                    block,
+                    hidden_states,
+                    None,
+                    self_inputs,
+                    implementation,
+                    encoder_states,
+                    cross_inputs,
+                    False,
                     use_reentrant=False,
                 )
             else:
-                out = block(hidden_states, layer_past, self_inputs, implementation, encoder_states, cross_inputs, use_cache)
+                out = block(
+                    hidden_states, layer_past, self_inputs, implementation, encoder_states, cross_inputs, use_cache
+                )
             hidden_states = out.hidden_states
             if presents is not None:
                 presents.append(out.present)
@@ -189,7 +202,17 @@ class GPT2Model(GPT2PreTrainedModel):
         )
 
     def _self_attention_mask(
-        self, implementation, attention_mask, position_ids, past, batch_size, seq_len, past_len, use_cache, dtype, device
+        self,
+        implementation,
+        attention_mask,
+        position_ids,
+        past,
+        batch_size,
+        seq_len,
+        past_len,
+        use_cache,
+        dtype,
+        device,
     ):
         """The causal + padding mask in the implementation's format (None when the kernel's causal flag suffices)."""
         segment_ids = None
@@ -200,7 +223,11 @@ class GPT2Model(GPT2PreTrainedModel):
             if attention_mask is None or bool(attention_mask.bool().all()):
                 return None
             return attention_mask
-        if implementation == "sdpa" and segment_ids is None and masks.sdpa_can_skip_mask(seq_len, past_len, attention_mask):
+        if (
+            implementation == "sdpa"
+            and segment_ids is None
+            and masks.sdpa_can_skip_mask(seq_len, past_len, attention_mask)
+        ):
             return None
         allowed = masks.allowed_keys(batch_size, seq_len, past_len, attention_mask, segment_ids, device)
         return allowed if implementation == "sdpa" else masks.eager_mask(allowed, dtype)

@@ -132,13 +132,17 @@ class GPT2PreTrainedModel(nn.Module):
         """Remove attention heads for good, e.g. {0: [1, 2]}; recorded in config.pruned_heads."""
         for layer, heads in heads_to_prune.items():
             if not 0 <= int(layer) < self.config.n_layer:
-                raise ValueError(f"cannot prune heads of layer {layer}: the model has layers 0..{self.config.n_layer - 1}")
+                raise ValueError(
+                    f"cannot prune heads of layer {layer}: the model has layers 0..{self.config.n_layer - 1}"
+                )
             bad = [h for h in heads if not 0 <= int(h) < self.config.n_head]
             if bad:
                 raise ValueError(f"cannot prune heads {bad} of layer {layer}: heads are 0..{self.config.n_head - 1}")
             union = set(self.config.pruned_heads.get(int(layer), [])) | {int(h) for h in heads}
             if len(union) >= self.config.n_head:
-                raise ValueError(f"pruning heads {sorted(union)} would leave layer {layer} with no head: keep at least one")
+                raise ValueError(
+                    f"pruning heads {sorted(union)} would leave layer {layer} with no head: keep at least one"
+                )
             self.config.pruned_heads[int(layer)] = sorted(union)
         self.base_model._prune_heads({int(k): [int(h) for h in v] for k, v in heads_to_prune.items()})
 
@@ -199,7 +203,9 @@ class GPT2PreTrainedModel(nn.Module):
             cls, name_or_path, config=config, attn_implementation=attn_implementation, dtype=dtype, **config_overrides
         )
 
-    def save_pretrained(self, folder: str | os.PathLike, *, max_shard_size: int | None = None, safe_serialization: bool = True) -> Path:
+    def save_pretrained(
+        self, folder: str | os.PathLike, *, max_shard_size: int | None = None, safe_serialization: bool = True
+    ) -> Path:
         """Write config.json and model.safetensors (sharded above max_shard_size bytes), as transformers does."""
         from .loading import save_pretrained
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from .oracle import HEADS, assert_close, legacy, left_padded, pair
+from .oracle import assert_close, left_padded, legacy, pair
 
 KERNELS = ["eager", "sdpa"]
 
@@ -22,7 +22,9 @@ def _main_output(out):
 
 
 @pytest.mark.parametrize("attn", KERNELS)
-@pytest.mark.parametrize("head", ["GPT2Model", "GPT2LMHeadModel", "GPT2ForTokenClassification", "GPT2ForQuestionAnswering"])
+@pytest.mark.parametrize(
+    "head", ["GPT2Model", "GPT2LMHeadModel", "GPT2ForTokenClassification", "GPT2ForQuestionAnswering"]
+)
 def test_every_head_matches_transformers_on_a_prompt(head, attn):
     ours, theirs = pair(head, attn)
     ids = torch.randint(0, 99, (2, 9))
@@ -62,12 +64,15 @@ def test_double_heads_match_with_choice_tokens(attn):
     assert_close(a0.mc_logits, b0.mc_logits)
 
 
-@pytest.mark.parametrize("summary", [
-    dict(summary_type="last", summary_activation="tanh"),
-    dict(summary_type="first", summary_use_proj=False),
-    dict(summary_type="mean", summary_proj_to_labels=False),
-    dict(summary_type="cls_index", summary_activation="gelu"),
-])
+@pytest.mark.parametrize(
+    "summary",
+    [
+        dict(summary_type="last", summary_activation="tanh"),
+        dict(summary_type="first", summary_use_proj=False),
+        dict(summary_type="mean", summary_proj_to_labels=False),
+        dict(summary_type="cls_index", summary_activation="gelu"),
+    ],
+)
 def test_double_heads_summary_options_match(summary):
     ours, theirs = pair("GPT2DoubleHeadsModel", "eager", **summary)
     ids = torch.randint(0, 99, (2, 2, 5))
@@ -169,8 +174,27 @@ def test_sdpa_and_eager_kernels_give_the_same_numbers():
 
 @pytest.mark.parametrize(
     "activation",
-    ["gelu_new", "gelu", "relu", "silu", "swish", "tanh", "gelu_fast", "quick_gelu", "gelu_pytorch_tanh",
-     "gelu_python", "gelu_accurate", "gelu_10", "mish", "relu6", "sigmoid", "linear", "leaky_relu", "laplace", "relu2"],
+    [
+        "gelu_new",
+        "gelu",
+        "relu",
+        "silu",
+        "swish",
+        "tanh",
+        "gelu_fast",
+        "quick_gelu",
+        "gelu_pytorch_tanh",
+        "gelu_python",
+        "gelu_accurate",
+        "gelu_10",
+        "mish",
+        "relu6",
+        "sigmoid",
+        "linear",
+        "leaky_relu",
+        "laplace",
+        "relu2",
+    ],
 )
 def test_each_activation_matches(activation):
     ours, theirs = pair("GPT2LMHeadModel", "sdpa", activation_function=activation)
@@ -240,8 +264,12 @@ def test_cross_attention_matches_with_cache(attn):
         assert_close(a.logits, b.logits)
         assert len(a.past_key_values[0]) == 4 and a.past_key_values[0][2].shape == (2, 4, 7, 8)
         new = torch.randint(0, 99, (2, 1))
-        a2 = ours(new, past_key_values=a.past_key_values, encoder_hidden_states=encoder, encoder_attention_mask=encoder_mask)
-        b2 = theirs(new, past_key_values=b.past_key_values, encoder_hidden_states=encoder, encoder_attention_mask=encoder_mask)
+        a2 = ours(
+            new, past_key_values=a.past_key_values, encoder_hidden_states=encoder, encoder_attention_mask=encoder_mask
+        )
+        b2 = theirs(
+            new, past_key_values=b.past_key_values, encoder_hidden_states=encoder, encoder_attention_mask=encoder_mask
+        )
         assert_close(a2.logits, b2.logits)
 
 

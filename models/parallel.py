@@ -47,14 +47,16 @@ def check_device_map(device_map: dict[Any, list[int]], n_layer: int) -> list[tor
     if problems:
         raise ValueError("invalid device_map: " + "; ".join(problems))
     devices = [_device(key) for key in device_map]
-    for device in devices:
-        if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
-            raise ValueError(
-                f"device_map names {device}, but this machine has {torch.cuda.device_count()} CUDA device(s): "
-                "map the blocks onto devices that exist"
-            )
-        if device.type not in ("cpu", "cuda"):
-            raise ValueError(f"device_map names {device}: use CUDA indices or 'cpu'")
+    unknown = [str(d) for d in devices if d.type not in ("cpu", "cuda")]
+    if unknown:
+        raise ValueError(f"device_map names {', '.join(unknown)}: use CUDA indices or 'cpu'")
+    count = torch.cuda.device_count()
+    absent = [str(d) for d in devices if d.type == "cuda" and (d.index or 0) >= count]
+    if absent:
+        raise ValueError(
+            f"device_map names {', '.join(absent)}, but this machine has {count} CUDA device(s): "
+            "map the blocks onto devices that exist"
+        )
     return devices
 
 

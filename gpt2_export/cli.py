@@ -1,0 +1,86 @@
+"""The `gpt2-export` command line: each command is a thin wrapper that turns library errors into messages."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+
+import click
+
+from . import __version__
+
+
+def _errors_as_messages(fn: Callable) -> Callable:
+    """Show expected failures (bad input, missing files) as one line, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
+            raise click.ClickException(str(e)) from e
+
+    return wrapper
+
+
+def _sampling_options(fn: Callable) -> Callable:
+    """The decoding options shared by the generate commands."""
+    options = [
+        click.option("--max-new-tokens", type=click.IntRange(min=0), default=20, show_default=True),
+        click.option("--sample", is_flag=True, help="Sample instead of greedy decoding."),
+        click.option("--temperature", type=float, default=1.0, show_default=True),
+        click.option("--top-k", type=click.IntRange(min=0), default=50, show_default=True),
+        click.option("--top-p", type=float, default=1.0, show_default=True),
+        click.option("--seed", type=int, default=None, help="Seed for sampling (same seed, same text)."),
+        click.option("--num-beams", type=click.IntRange(min=1), default=1, show_default=True),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="gpt2-export")
+def main() -> None:
+    """Export GPT-2 to ONNX, validate it against PyTorch, and run it without torch."""
+
+
+@main.command("reference-generate")
+@click.option(
+    "--model", "model_path", default=None, help="Hugging Face folder or cached hub id (default: random GPT-2 small)."
+)
+@click.option("--prompt", required=True, help="Text to continue.")
+@_sampling_options
+@_errors_as_messages
+def reference_generate(model_path, prompt, max_new_tokens, sample, temperature, top_k, top_p, seed, num_beams):
+    """Generate text with the PyTorch reference model (the baseline every export is checked against)."""
+    import torch
+
+    from .checkpoints import load_reference
+
+    click.echo(f"loading {model_path or 'the offline default'} ...", err=True)
+    ref = load_reference(model_path)
+    click.echo(f"model: {ref.source}", err=True)
+    if ref.random_weights:
+        click.echo("note: random weights produce meaningless text; pass --model PATH for a real checkpoint", err=True)
+    ids = ref.tokenizer.encode(prompt)
+    if not ids:
+        raise click.ClickException("the prompt encodes to no tokens: give a non-empty --prompt")
+    input_ids = torch.tensor([ids])
+    output = ref.model.generate(
+        input_ids,
+        max_new_tokens=max_new_tokens,
+        do_sample=sample,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        num_beams=num_beams,
+    )
+    click.echo(prompt + ref.tokenizer.decode(output[0, len(ids) :].tolist()))
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

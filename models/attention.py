@@ -162,6 +162,11 @@ ATTENTION_KERNELS: dict[str, Kernel] = {
 }
 
 
+def register_kernel(name: str, kernel: Kernel) -> None:
+    """Make `kernel` selectable by name in GPT2Attention.forward (the exporter registers its traceable one)."""
+    ATTENTION_KERNELS[name] = kernel
+
+
 class GPT2Attention(nn.Module):
     """Causal self-attention (or cross-attention with `is_cross_attention`), Hugging Face's parameter names."""
 

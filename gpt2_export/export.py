@@ -1,0 +1,311 @@
+"""`export()`: load a checkpoint, trace one head to ONNX, write a self-describing folder, validate it.
+
+The folder: model.onnx (+ model.onnx.data past protobuf's 2 GB), config.json, the tokenizer files,
+and export.json (runtime.manifest.Manifest). Tracing uses torch.onnx's TorchScript exporter
+(`dynamo=False`): the dynamo exporter fails when past + new length is 1 (shared/ENVIRONMENT.md).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+
+import onnx
+import onnxruntime
+import torch
+
+import models
+from runtime.manifest import MANIFEST_NAME, Manifest, ModelShape
+from runtime.tokenizer import GPT2_RANKS_RESOURCE
+
+from . import __version__
+from .checkpoints import ReferenceModel, load_reference
+from .contract import dynamic_axes, io_contract
+from .graphs import HEAD_CLASSES, graph_for
+from .progress import Reporter, silent, stage
+from .validate import ValidationReport, raise_if_failed, validate
+
+MODEL_FILE = "model.onnx"
+DTYPES = ("fp32", "fp16")
+# The TorchScript exporter emits opsets up to 20; below 14 it cannot express the attention's dynamic slices.
+MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 14, 20, 17
+PROTOBUF_LIMIT = 2**31 - 1
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+# The padding mask's fill value: fp32's most negative number, or -1e4 where fp16 must not overflow to -inf.
+MASK_VALUES = {"fp32": float(torch.finfo(torch.float32).min), "fp16": -1e4}
+
+
+class ExportError(ValueError):
+    """The export cannot be done as asked; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """What to export and how."""
+
+    head: str = "lm"
+    opset: int = DEFAULT_OPSET
+    dtype: str = "fp32"
+    validate: bool = True
+    overwrite: bool = False
+    external_data: bool | None = None  # None: only when the model passes protobuf's 2 GB
+
+    def __post_init__(self) -> None:
+        if self.head not in HEAD_CLASSES:
+            raise ExportError(f"unknown head {self.head!r}: choose one of {', '.join(HEAD_CLASSES)}")
+        if self.dtype not in DTYPES:
+            raise ExportError(f"unknown dtype {self.dtype!r}: choose fp32 or fp16")
+        if self.opset < MIN_OPSET:
+            raise ExportError(
+                f"opset {self.opset} is too old: the graph needs opset >= {MIN_OPSET} (dynamic Slice/Trilu-free "
+                f"attention and LayerNormalization); use --opset {DEFAULT_OPSET}"
+            )
+        if self.opset > MAX_OPSET:
+            raise ExportError(
+                f"opset {self.opset} is newer than torch.onnx's TorchScript exporter emits (<= {MAX_OPSET}): "
+                f"use --opset {DEFAULT_OPSET}"
+            )
+
+
+@dataclass
+class ExportResult:
+    """Where the export went and what validation found."""
+
+    folder: Path
+    manifest: Manifest
+    validation: ValidationReport | None
+
+
+def prepare_output(folder: Path, overwrite: bool) -> None:
+    """Create the output folder; refuse a non-empty one unless overwriting; fail early if unwritable."""
+    if folder.exists() and not folder.is_dir():
+        raise ExportError(f"output {folder} is a file: choose a folder path")
+    if folder.is_dir() and any(folder.iterdir()):
+        if not overwrite:
+            raise ExportError(
+                f"output folder {folder} already exists and is not empty: pass --overwrite or choose another"
+            )
+        shutil.rmtree(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        raise ExportError(f"cannot write to output folder {folder} ({e.strerror}): choose a writable location") from e
+
+
+def check_head_matches(ref: ReferenceModel, head: str) -> None:
+    """Refuse to export a head whose weights the checkpoint does not have (they would be random)."""
+    new = [name for name in getattr(ref.model, "newly_initialized", []) if not name.startswith("lm_head")]
+    if new and not ref.random_weights:
+        saved_as = ", ".join(ref.model.config.architectures or ["an unknown class"])
+        raise ExportError(
+            f"the checkpoint has no weights for the {head} head ({', '.join(sorted(new))}); it was saved from "
+            f"{saved_as}: export the head it was trained for, or fine-tune a {head} model first"
+        )
+
+
+def _dummy_inputs(head: str, model: models.GPT2PreTrainedModel) -> tuple[torch.Tensor, ...]:
+    """Small example inputs with a non-empty past, so every axis is traced as dynamic."""
+    batch, new, past = 2, 3, 2
+    rows = batch * 2 if head == "double-heads" else batch
+    ids = torch.ones(rows, new, dtype=torch.long)
+    mask = torch.ones(rows, past + new, dtype=torch.long)
+    positions = torch.arange(past, past + new).expand(rows, new).contiguous()
+    hd = model.config.head_dim
+    pasts = []
+    for block in model.base_model.h:
+        pasts += [torch.zeros(rows, block.attn.num_heads, past, hd) for _ in range(2)]
+    if head == "double-heads":
+        shape = (batch, 2, -1)
+        mc = torch.full((batch, 2), new - 1, dtype=torch.long)
+        return (ids.reshape(shape), mask.reshape(shape), positions.reshape(shape), mc, *pasts)
+    return (ids, mask, positions, *pasts)
+
+
+def trace(model: models.GPT2PreTrainedModel, head: str, path: Path, options: ExportOptions) -> onnx.ModelProto:
+    """Trace the head's graph to an in-memory ONNX model (fp32)."""
+    config = model.config
+    contract = io_contract(
+        head,
+        config.n_layer,
+        [b.attn.num_heads for b in model.base_model.h],
+        config.head_dim,
+        config.n_embd,
+        config.vocab_size,
+        config.num_labels,
+    )
+    graph = graph_for(head, model, MASK_VALUES[options.dtype]).eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # TracerWarnings about shape arithmetic, by design
+        torch.onnx.export(
+            graph,
+            _dummy_inputs(head, model),
+            str(path),
+            input_names=contract.input_names(),
+            output_names=contract.output_names(),
+            dynamic_axes=dynamic_axes(contract),
+            opset_version=options.opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    return onnx.load(str(path), load_external_data=True)
+
+
+def save_onnx(proto: onnx.ModelProto, path: Path, external_data: bool | None) -> bool:
+    """Write the model, with weights in model.onnx.data when it passes 2 GB (or when asked)."""
+    size = proto.ByteSize()
+    use_external = size > PROTOBUF_LIMIT if external_data is None else external_data
+    if size > PROTOBUF_LIMIT and not use_external:
+        raise ExportError(
+            f"the model is {size / 2**30:.2f} GiB, over protobuf's 2 GiB limit for one file: "
+            "drop --no-external-data so the weights go to model.onnx.data"
+        )
+    for stale in (path, path.with_name(path.name + ".data")):
+        stale.unlink(missing_ok=True)
+    if use_external:
+        onnx.save_model(
+            proto,
+            str(path),
+            save_as_external_data=True,
+            all_tensors_to_one_file=True,
+            location=path.name + ".data",
+            size_threshold=1024,
+        )
+    else:
+        onnx.save_model(proto, str(path))
+    return use_external
+
+
+def write_tokenizer(ref: ReferenceModel, folder: Path) -> list[str]:
+    """Copy the checkpoint's vocab.json + merges.txt, or write the bundled GPT-2 ranks for the default model."""
+    if ref.folder is not None and all((ref.folder / name).is_file() for name in TOKENIZER_FILES):
+        for name in TOKENIZER_FILES:
+            shutil.copyfile(ref.folder / name, folder / name)
+        return list(TOKENIZER_FILES)
+    if ref.folder is not None:
+        ranks = sorted(ref.folder.glob("*.tiktoken"))
+        if ranks:
+            shutil.copyfile(ranks[0], folder / ranks[0].name)
+            return [ranks[0].name]
+        return []
+    bundled = resources.files("runtime") / GPT2_RANKS_RESOURCE
+    (folder / "gpt2.tiktoken").write_bytes(bundled.read_bytes())
+    return ["gpt2.tiktoken"]
+
+
+def model_shape(model: models.GPT2PreTrainedModel) -> ModelShape:
+    """The manifest's copy of what the runtime needs from config.json."""
+    c = model.config
+    return ModelShape(
+        n_layer=c.n_layer,
+        n_head=c.n_head,
+        head_dim=c.head_dim,
+        n_embd=c.n_embd,
+        vocab_size=c.vocab_size,
+        n_positions=c.n_positions,
+        eos_token_id=c.eos_token_id,
+        bos_token_id=c.bos_token_id,
+        pad_token_id=c.pad_token_id,
+        num_labels=c.num_labels,
+        id2label={str(k): v for k, v in c.labels().items()},
+        num_heads_per_layer=tuple(b.attn.num_heads for b in model.base_model.h),
+    )
+
+
+def tool_versions() -> dict[str, str]:
+    """Versions of everything that shaped the graph."""
+    return {
+        "gpt2_export": __version__,
+        "torch": torch.__version__,
+        "onnx": onnx.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def export(
+    model: str | os.PathLike | None,
+    output: str | os.PathLike,
+    options: ExportOptions = ExportOptions(),
+    report: Reporter = silent,
+) -> ExportResult:
+    """Export `model` (folder, hub id, or None for the offline default) as one head into `output`."""
+    folder = Path(output)
+    prepare_output(folder, options.overwrite)
+    with stage("load", report):
+        ref = load_reference(str(model) if model is not None else None, HEAD_CLASSES[options.head])
+        report(f"model: {ref.source}")
+        check_head_matches(ref, options.head)
+        reference = ref.model.float().eval()
+    onnx_path = folder / MODEL_FILE
+    with stage("trace", report):
+        proto = trace(reference, options.head, onnx_path, options)
+    if options.dtype == "fp16":
+        with stage("convert to fp16", report):
+            from .precision import to_fp16
+
+            proto = to_fp16(proto)
+    with stage("save", report):
+        external = save_onnx(proto, onnx_path, options.external_data)
+        reference.config.save(folder)
+        tokenizer_files = write_tokenizer(ref, folder)
+        report(
+            f"wrote {onnx_path}{' + external data' if external else ''}, config.json, "
+            f"{', '.join(tokenizer_files) or 'no tokenizer files'}"
+        )
+    config = reference.config
+    contract = io_contract(
+        options.head,
+        config.n_layer,
+        [b.attn.num_heads for b in reference.base_model.h],
+        config.head_dim,
+        config.n_embd,
+        config.vocab_size,
+        config.num_labels,
+        "float16" if options.dtype == "fp16" else "float32",
+    )
+    manifest = Manifest(
+        head=options.head,
+        variant="plain",
+        dtype=options.dtype,
+        opset=options.opset,
+        model_file=MODEL_FILE,
+        io=contract,
+        shape=model_shape(reference),
+        tokenizer_files=tokenizer_files,
+        tools=tool_versions(),
+        source=ref.source,
+        checkpoint=str(model) if model is not None else None,
+    )
+    manifest.save(folder)
+    validation = None
+    if options.validate:
+        with stage("validate", report):
+            validation = validate(reference, options.head, onnx_path, options.dtype, report)
+            manifest.validation = validation.to_dict()
+            manifest.save(folder)
+        raise_if_failed(validation)
+    return ExportResult(folder, manifest, validation)
+
+
+def validate_folder(
+    folder: str | os.PathLike, model: str | os.PathLike | None = None, report: Reporter = silent
+) -> ValidationReport:
+    """Re-validate an export folder against its checkpoint (default: the folder's own config + source)."""
+    folder = Path(folder)
+    manifest = Manifest.load(folder)
+    checkpoint = str(model) if model is not None else manifest.checkpoint
+    ref = load_reference(checkpoint, HEAD_CLASSES[manifest.head])
+    result = validate(ref.model.float().eval(), manifest.head, folder / manifest.model_file, manifest.dtype, report)
+    manifest.validation = result.to_dict()
+    manifest.save(folder)
+    raise_if_failed(result)
+    return result
+
+
+__all__ = ["MANIFEST_NAME", "ExportError", "ExportOptions", "ExportResult", "export", "validate_folder"]

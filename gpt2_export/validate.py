@@ -1,0 +1,255 @@
+"""Validation of an exported graph against the PyTorch reference, in ONNX Runtime on CPU.
+
+Four cases cover what a decoding loop does: a multi-token prompt with an empty past, one new token on
+a past, a left-padded batch, and a decode step fed with ONNX Runtime's own presents after that
+left-padded prefill. Each output is compared at real (non-pad) positions; one line per output is
+reported, and a single ValidationError lists every output that missed its tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+
+import models
+
+from .contract import MAIN_OUTPUT, past_names, present_names
+from .progress import Reporter, silent
+
+# |onnx - torch| <= atol + rtol * |torch|, per element, per dtype of the exported graph.
+TOLERANCES: dict[str, tuple[float, float]] = {"fp32": (1e-4, 1e-4), "fp16": (2e-2, 2e-2)}
+
+
+class ValidationError(AssertionError):
+    """At least one output of the exported graph missed its tolerance."""
+
+    def __init__(self, report: ValidationReport):
+        failed = [c for c in report.checks if not c.passed]
+        lines = [f"  {c.case} / {c.output}: max |diff| {c.max_abs_diff:.3g} > tolerance" for c in failed]
+        lines += [f"  {problem}" for problem in report.problems]
+        super().__init__(f"{len(failed) + len(report.problems)} check(s) failed:\n" + "\n".join(lines))
+        self.report = report
+
+
+@dataclass
+class OutputCheck:
+    """One output of one case."""
+
+    case: str
+    output: str
+    max_abs_diff: float
+    atol: float
+    rtol: float
+    passed: bool
+
+    def line(self) -> str:
+        status = "ok  " if self.passed else "FAIL"
+        return f"{status} {self.case:<34} {self.output:<24} max|diff| {self.max_abs_diff:.2e}"
+
+
+@dataclass
+class ValidationReport:
+    """Everything validation found, stored in export.json."""
+
+    dtype: str
+    atol: float
+    rtol: float
+    checker: str = "not run"
+    checks: list[OutputCheck] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    greedy: dict | None = None
+
+    @property
+    def passed(self) -> bool:
+        return not self.problems and all(c.passed for c in self.checks)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "passed": self.passed}
+
+
+@dataclass
+class Case:
+    """Inputs of one validation call, as numpy (graph) arrays."""
+
+    name: str
+    feeds: dict[str, np.ndarray]
+    query_mask: np.ndarray  # (rows, T) 1 at real tokens
+    key_mask: np.ndarray  # (rows, S) 1 at real keys
+
+
+def _positions(mask: np.ndarray) -> np.ndarray:
+    positions = np.cumsum(mask, axis=-1) - 1
+    return np.where(mask == 0, 1, positions).astype(np.int64)
+
+
+class Validator:
+    """Runs the reference model and the ONNX graph on the same inputs and compares them."""
+
+    def __init__(self, model: models.GPT2PreTrainedModel, head: str, onnx_path: Path, dtype: str, report: Reporter):
+        self.model = model.float().eval()
+        self.head = head
+        self.config = model.config
+        self.n_layer = model.config.n_layer
+        self.heads_per_layer = [block.attn.num_heads for block in model.base_model.h]
+        self.float_type = np.float16 if dtype == "fp16" else np.float32
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.atol, self.rtol = TOLERANCES[dtype]
+        self.result = ValidationReport(dtype=dtype, atol=self.atol, rtol=self.rtol)
+        self.report = report
+        self.rng = np.random.default_rng(0)
+
+    # ---- inputs ----------------------------------------------------------------------------------
+
+    def _empty_past(self, rows: int) -> dict[str, np.ndarray]:
+        hd = self.config.head_dim
+        return {
+            name: np.zeros((rows, self.heads_per_layer[int(name.split(".")[1])], 0, hd), self.float_type)
+            for name in past_names(self.n_layer)
+        }
+
+    def _tokens(self, shape: tuple[int, ...]) -> np.ndarray:
+        low = 1 if self.config.pad_token_id == 0 else 0
+        ids = self.rng.integers(low, self.config.vocab_size, size=shape, dtype=np.int64)
+        if self.config.pad_token_id is not None:
+            ids[ids == self.config.pad_token_id] = (self.config.pad_token_id + 1) % self.config.vocab_size
+        return ids
+
+    def _case(self, name: str, ids: np.ndarray, mask: np.ndarray, past: dict[str, np.ndarray]) -> Case:
+        """Wrap (rows, T) ids and (rows, S) mask into the head's feeds (double heads: 2 choices per row)."""
+        t = ids.shape[-1]
+        positions = _positions(mask)[:, -t:]
+        feeds = {"input_ids": ids, "attention_mask": mask.astype(np.int64), "position_ids": positions}
+        if self.head == "double-heads":
+            rows = ids.shape[0]
+            feeds = {k: v.reshape(rows // 2, 2, v.shape[-1]) for k, v in feeds.items()}
+            feeds["mc_token_ids"] = np.full((rows // 2, 2), t - 1, dtype=np.int64)
+        return Case(name, {**feeds, **past}, mask[:, -t:], mask)
+
+    # ---- running ---------------------------------------------------------------------------------
+
+    def run_onnx(self, case: Case) -> dict[str, np.ndarray]:
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(None, case.feeds), strict=True))
+
+    def run_torch(self, case: Case) -> dict[str, np.ndarray]:
+        if self.head == "seq-cls" and self.config.pad_token_id is None:
+            # Without a pad id the reference refuses batches; the graph pools the last position, row by row alike.
+            rows = [
+                self._run_torch({k: v[i : i + 1] for k, v in case.feeds.items()}) for i in range(len(case.query_mask))
+            ]
+            return {name: np.concatenate([r[name] for r in rows]) for name in rows[0]}
+        return self._run_torch(case.feeds)
+
+    def _run_torch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        f = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
+        past = tuple(
+            (f[f"past_key_values.{i}.key"].float(), f[f"past_key_values.{i}.value"].float())
+            for i in range(self.n_layer)
+        )
+        kwargs = dict(attention_mask=f["attention_mask"], position_ids=f["position_ids"], past_key_values=past)
+        if self.head == "double-heads":
+            kwargs["mc_token_ids"] = f["mc_token_ids"]
+        with torch.no_grad():
+            out = self.model(f["input_ids"], use_cache=True, **kwargs)
+        result = {MAIN_OUTPUT[self.head]: getattr(out, "last_hidden_state" if self.head == "base" else "logits")}
+        if self.head == "double-heads":
+            result["mc_logits"] = out.mc_logits
+        for i, (k, v) in enumerate(out.past_key_values):
+            result[f"present.{i}.key"], result[f"present.{i}.value"] = k, v
+        return {name: t.numpy() for name, t in result.items()}
+
+    def compare(self, case: Case, got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
+        for name, expected in want.items():
+            actual = got[name].astype(np.float32)
+            mask = self._compare_mask(name, case, expected.shape)
+            diff = np.abs(actual - expected)
+            bound = self.atol + self.rtol * np.abs(expected)
+            diff_m, ok = diff[mask], (diff <= bound)[mask]
+            finite = bool(np.isfinite(actual[mask]).all())
+            max_diff = float(diff_m.max()) if diff_m.size else 0.0
+            check = OutputCheck(
+                case.name, name, max_diff if finite else math.inf, self.atol, self.rtol, bool(ok.all()) and finite
+            )
+            self.result.checks.append(check)
+            self.report(check.line())
+
+    def _compare_mask(self, name: str, case: Case, shape: tuple[int, ...]) -> np.ndarray:
+        """Where an output is meaningful: real query tokens for hidden/logits, real keys for presents."""
+        if name.startswith("present."):
+            return np.broadcast_to(case.key_mask.astype(bool)[:, None, :, None], shape)
+        if name == "mc_logits" or self.head == "seq-cls":
+            return np.ones(shape, dtype=bool)
+        query = case.query_mask.astype(bool)
+        if self.head == "double-heads":
+            query = query.reshape(shape[0], shape[1], shape[2])
+        return np.broadcast_to(query[..., None], shape)
+
+    # ---- the suite -------------------------------------------------------------------------------
+
+    def _as_past(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """present.* outputs renamed as the next call's past_key_values.* inputs."""
+        pairs = zip(past_names(self.n_layer), present_names(self.n_layer), strict=True)
+        return {past: outputs[present].astype(self.float_type) for past, present in pairs}
+
+    def run(self) -> ValidationReport:
+        """Run the four cases and return the report (never raises for numeric misses)."""
+        rows = 4 if self.head == "double-heads" else 2
+        prefill = self._case(
+            "prefill (past 0)", self._tokens((rows, 7)), np.ones((rows, 7), np.int64), self._empty_past(rows)
+        )
+        want = self.run_torch(prefill)
+        self.compare(prefill, self.run_onnx(prefill), want)
+
+        decode = self._case(
+            "decode (past 7, 1 new token)", self._tokens((rows, 1)), np.ones((rows, 8), np.int64), self._as_past(want)
+        )
+        self.compare(decode, self.run_onnx(decode), self.run_torch(decode))
+
+        rows = 4
+        mask = np.ones((rows, 6), dtype=np.int64)
+        for r, pads in enumerate([0, 2, 4, 5]):
+            mask[r, :pads] = 0
+        ids = np.where(mask == 0, self.config.pad_token_id or 0, self._tokens((rows, 6)))
+        padded = self._case("left-padded prefill (batch 4)", ids, mask, self._empty_past(rows))
+        got, want = self.run_onnx(padded), self.run_torch(padded)
+        self.compare(padded, got, want)
+
+        # The graph decodes on its own presents, so errors that compound through the cache show up.
+        mask = np.concatenate([mask, np.ones((rows, 1), dtype=np.int64)], axis=1)
+        step = self._case("decode after left-padded prefill", self._tokens((rows, 1)), mask, self._as_past(got))
+        reference = Case(step.name, {**step.feeds, **self._as_past(want)}, step.query_mask, step.key_mask)
+        self.compare(step, self.run_onnx(step), self.run_torch(reference))
+        return self.result
+
+
+def check_graph(onnx_path: Path) -> str:
+    """onnx.checker's full check (with shape inference), by path so external data works."""
+    onnx.checker.check_model(str(onnx_path), full_check=True)
+    return "onnx.checker full check: ok"
+
+
+def validate(
+    model: models.GPT2PreTrainedModel, head: str, onnx_path: Path, dtype: str, report: Reporter = silent
+) -> ValidationReport:
+    """Check the graph and compare it with the reference; never raises for numeric misses (see `raise_if_failed`)."""
+    validator = Validator(model, head, onnx_path, dtype, report)
+    try:
+        validator.result.checker = check_graph(onnx_path)
+    except onnx.checker.ValidationError as e:
+        validator.result.problems.append(f"onnx.checker: {e}")
+    report(validator.result.checker)
+    return validator.run()
+
+
+def raise_if_failed(report: ValidationReport) -> None:
+    """Raise one ValidationError listing every failed check."""
+    if not report.passed:
+        raise ValidationError(report)

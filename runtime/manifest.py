@@ -1,0 +1,155 @@
+"""export.json: the versioned manifest every export folder carries, read here without torch or the exporter.
+
+It records what the graph is (head, variant, dtype, opset), its I/O contract (names, dtypes, symbolic
+shapes; Optimum's names so other loaders read our files), the model's shape, the tool versions that
+made it, and the validation report. Style after onnxruntime-genai's genai_config.json beside the model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+MANIFEST_NAME = "export.json"
+FORMAT = "gpt2-export"
+FORMAT_VERSION = 1
+HEADS = ("base", "lm", "double-heads", "seq-cls")
+
+
+class ManifestError(ValueError):
+    """export.json is missing, unreadable, or from an incompatible format version."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One graph input or output: name, element type and shape (ints or symbolic axis names)."""
+
+    name: str
+    dtype: str  # "int64", "float32", "float16"
+    shape: tuple[int | str, ...]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TensorSpec:
+        return cls(data["name"], data["dtype"], tuple(data["shape"]))
+
+
+@dataclass(frozen=True)
+class IOContract:
+    """The graph's inputs and outputs, in order."""
+
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"inputs": [asdict(t) for t in self.inputs], "outputs": [asdict(t) for t in self.outputs]}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> IOContract:
+        return cls(
+            tuple(TensorSpec.from_dict(t) for t in data["inputs"]),
+            tuple(TensorSpec.from_dict(t) for t in data["outputs"]),
+        )
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the runtime needs to know about the model without reading config.json."""
+
+    n_layer: int
+    n_head: int
+    head_dim: int
+    n_embd: int
+    vocab_size: int
+    n_positions: int
+    eos_token_id: int | list[int] | None
+    bos_token_id: int | None
+    pad_token_id: int | None
+    num_labels: int
+    id2label: dict[str, str] = field(default_factory=dict)
+    num_heads_per_layer: tuple[int, ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelShape:
+        data = dict(data)
+        data["num_heads_per_layer"] = tuple(data.get("num_heads_per_layer", ()))
+        return cls(**data)
+
+
+@dataclass
+class Manifest:
+    """The contents of export.json."""
+
+    head: str
+    variant: str  # "plain" for now
+    dtype: str  # "fp32" or "fp16"
+    opset: int
+    model_file: str
+    io: IOContract
+    shape: ModelShape
+    tokenizer_files: list[str]
+    tools: dict[str, str]
+    source: str
+    checkpoint: str | None = None  # the folder or hub id exported; None for the random-weight default
+    validation: dict[str, Any] | None = None
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["io"] = self.io.to_dict()
+        return {"format": data.pop("format"), "format_version": data.pop("format_version"), **data}
+
+    def save(self, folder: str | Path) -> Path:
+        """Write export.json into folder."""
+        path = Path(folder) / MANIFEST_NAME
+        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
+        return path
+
+    @classmethod
+    def load(cls, folder: str | Path) -> Manifest:
+        """Read export.json from an export folder, with errors that say how to get a good one."""
+        path = Path(folder) / MANIFEST_NAME
+        if not Path(folder).is_dir():
+            raise ManifestError(f"{folder} is not a folder: pass the folder written by `gpt2-export export`")
+        if not path.is_file():
+            raise ManifestError(
+                f"{folder} has no {MANIFEST_NAME}: it was not written by `gpt2-export export` "
+                "(re-export the checkpoint into a new folder)"
+            )
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ManifestError(f"{path} is not valid JSON ({e}): re-export the checkpoint") from e
+        if data.get("format") != FORMAT:
+            raise ManifestError(f"{path} is not a gpt2-export manifest (format {data.get('format')!r})")
+        version = data.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ManifestError(
+                f"{path} has format_version {version}, this runtime reads version {FORMAT_VERSION}: "
+                "re-export with the same gpt2-export version as the runtime"
+            )
+        try:
+            return cls(
+                head=data["head"],
+                variant=data["variant"],
+                dtype=data["dtype"],
+                opset=int(data["opset"]),
+                model_file=data["model_file"],
+                io=IOContract.from_dict(data["io"]),
+                shape=ModelShape.from_dict(data["shape"]),
+                tokenizer_files=list(data.get("tokenizer_files", [])),
+                tools=dict(data.get("tools", {})),
+                source=data.get("source", ""),
+                checkpoint=data.get("checkpoint"),
+                validation=data.get("validation"),
+            )
+        except (KeyError, TypeError) as e:
+            raise ManifestError(f"{path} lacks or mangles field {e}: re-export the checkpoint") from e

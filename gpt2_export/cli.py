@@ -82,5 +82,47 @@ def reference_generate(model_path, prompt, max_new_tokens, sample, temperature, 
     sys.stdout.flush()
 
 
+@main.command("export")
+@click.option(
+    "--model", "model_path", default=None, help="Hugging Face folder or cached hub id (default: random GPT-2 small)."
+)
+@click.option("--head", type=click.Choice(["base", "lm", "double-heads", "seq-cls"]), default="lm", show_default=True)
+@click.option(
+    "--output", type=click.Path(file_okay=False), required=True, help="Folder to write (must be new or empty)."
+)
+@click.option("--opset", type=int, default=17, show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output folder.")
+@click.option("--no-validate", is_flag=True, help="Skip the comparison against PyTorch.")
+@click.option(
+    "--external-data/--no-external-data", default=None, help="Weights in model.onnx.data (default: past 2 GB)."
+)
+@_errors_as_messages
+def export_command(model_path, head, output, opset, dtype, overwrite, no_validate, external_data):
+    """Export one GPT-2 head to an ONNX folder and validate it against PyTorch."""
+    from .export import ExportOptions, export
+    from .progress import stderr_reporter
+
+    options = ExportOptions(
+        head=head, opset=opset, dtype=dtype, validate=not no_validate, overwrite=overwrite, external_data=external_data
+    )
+    result = export(model_path, output, options, stderr_reporter)
+    status = "validated" if result.validation is not None else "not validated (--no-validate)"
+    click.echo(f"exported {head} ({dtype}, opset {opset}) to {result.folder}: {status}")
+
+
+@main.command("validate")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--model", "model_path", default=None, help="Checkpoint to compare with (default: the one exported).")
+@_errors_as_messages
+def validate_command(folder, model_path):
+    """Re-run the export's validation: ONNX Runtime on CPU against the PyTorch reference."""
+    from .export import validate_folder
+    from .progress import stderr_reporter
+
+    validate_folder(folder, model_path, stderr_reporter)
+    click.echo(f"{folder}: all outputs within tolerance")
+
+
 if __name__ == "__main__":
     main()

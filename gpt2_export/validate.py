@@ -26,7 +26,7 @@ from .progress import Reporter, silent
 TOLERANCES: dict[str, tuple[float, float]] = {"fp32": (1e-4, 1e-4), "fp16": (2e-2, 2e-2)}
 
 
-class ValidationError(AssertionError):
+class ValidationError(RuntimeError):
     """At least one output of the exported graph missed its tolerance."""
 
     def __init__(self, report: ValidationReport):
@@ -227,7 +227,58 @@ class Validator:
         step = self._case("decode after left-padded prefill", self._tokens((rows, 1)), mask, self._as_past(got))
         reference = Case(step.name, {**step.feeds, **self._as_past(want)}, step.query_mask, step.key_mask)
         self.compare(step, self.run_onnx(step), self.run_torch(reference))
+        if self.head == "lm":
+            self.result.greedy = self.greedy_agreement()
+            self.report(self.result.greedy["summary"])
+            if not self.result.greedy["passed"]:
+                self.result.problems.append(self.result.greedy["summary"])
         return self.result
+
+    def greedy_agreement(self, prompt_length: int = 6, new_tokens: int = 8) -> dict:
+        """Greedy tokens of the graph's own decode loop against the reference's, on one short prompt.
+
+        A divergence counts as a failure unless the reference itself ranks the two tokens within the
+        tolerance of each other (a near-tie that fp16 rounding may legitimately flip).
+        """
+        ids = self._tokens((1, prompt_length))
+        mask = np.ones((1, prompt_length), dtype=np.int64)
+        case = self._case("greedy", ids, mask, self._empty_past(1))
+        onnx_tokens, reference_tokens = [], []
+        step_ids, past = torch.from_numpy(ids), None
+        for _ in range(new_tokens):
+            out = self.run_onnx(case)
+            onnx_tokens.append(int(out["logits"][0, -1].argmax()))
+            with torch.no_grad():
+                result = self.model(step_ids, past_key_values=past, use_cache=True)
+            logits, past = result.logits[0, -1], result.past_key_values
+            reference_tokens.append(int(logits.argmax()))
+            if onnx_tokens[-1] != reference_tokens[-1]:
+                margin = float(logits[reference_tokens[-1]] - logits[onnx_tokens[-1]])
+                tie = margin <= self.atol + self.rtol * float(logits.abs().max())
+                step = len(onnx_tokens) - 1
+                kind = "a near-tie" if tie else "a clear winner"
+                summary = (
+                    f"greedy tokens diverge at step {step} on {kind} (reference margin {margin:.2e}): "
+                    f"onnx {onnx_tokens}, reference {reference_tokens}"
+                )
+                return {
+                    "passed": tie,
+                    "steps_equal": step,
+                    "onnx": onnx_tokens,
+                    "reference": reference_tokens,
+                    "summary": summary,
+                }
+            step_ids = torch.tensor([[onnx_tokens[-1]]])
+            mask = np.ones((1, mask.shape[1] + 1), dtype=np.int64)
+            case = self._case("greedy", np.array([[onnx_tokens[-1]]]), mask, self._as_past(out))
+        summary = f"greedy tokens equal for {new_tokens} steps: {onnx_tokens}"
+        return {
+            "passed": True,
+            "steps_equal": new_tokens,
+            "onnx": onnx_tokens,
+            "reference": reference_tokens,
+            "summary": summary,
+        }
 
 
 def check_graph(onnx_path: Path) -> str:

@@ -215,6 +215,7 @@ def model_shape(model: models.GPT2PreTrainedModel) -> ModelShape:
         num_labels=c.num_labels,
         id2label={str(k): v for k, v in c.labels().items()},
         num_heads_per_layer=tuple(b.attn.num_heads for b in model.base_model.h),
+        problem_type=c.problem_type,
     )
 
 

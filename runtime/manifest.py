@@ -75,6 +75,7 @@ class ModelShape:
     num_labels: int
     id2label: dict[str, str] = field(default_factory=dict)
     num_heads_per_layer: tuple[int, ...] = ()
+    problem_type: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelShape:

@@ -104,3 +104,52 @@ def tiny_bpe_merges() -> list[tuple[str, str]]:
 def tiny_bpe_folder(tmp_path: Path, tiny_bpe_merges: list[tuple[str, str]]) -> Path:
     """A folder with a tiny GPT-2-format vocabulary: 256 bytes, 60 merges, then <|endoftext|> (id 316)."""
     return write_bpe_folder(tmp_path / "tiny-bpe", tiny_bpe_merges)
+
+
+# ---- checkpoints written by transformers (the oracle) ----------------------------------------------
+
+TINY_MODEL = dict(
+    vocab_size=317,
+    n_positions=64,
+    n_embd=32,
+    n_layer=2,
+    n_head=4,
+    bos_token_id=316,
+    eos_token_id=316,
+)
+
+HF_HEAD_CLASSES = {
+    "base": "GPT2Model",
+    "lm": "GPT2LMHeadModel",
+    "double-heads": "GPT2DoubleHeadsModel",
+    "seq-cls": "GPT2ForSequenceClassification",
+}
+
+
+def write_hf_checkpoint(folder: Path, head: str = "lm", seed: int = 0, **overrides) -> Path:
+    """Save a random-weight transformers model of `head` with the tiny vocabulary beside it."""
+    import torch
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    torch.manual_seed(seed)
+    config = transformers.GPT2Config(**{**TINY_MODEL, **overrides})
+    model = getattr(transformers, HF_HEAD_CLASSES[head])(config).eval()
+    # Random weights give near-uniform logits; a larger wte spread makes greedy choices clear-cut.
+    with torch.no_grad():
+        model.base_model.wte.weight.normal_(0.0, 0.5)
+    model.save_pretrained(folder)
+    write_bpe_folder(folder, train_tiny_bpe(TINY_BPE_CORPUS, TINY_BPE_MERGES))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hf_checkpoints(tmp_path_factory) -> dict[str, Path]:
+    """One transformers-written checkpoint per exportable head (seq-cls with 3 labels and a pad id)."""
+    root = tmp_path_factory.mktemp("hf-checkpoints")
+    return {
+        "base": write_hf_checkpoint(root / "base", "base"),
+        "lm": write_hf_checkpoint(root / "lm", "lm"),
+        "double-heads": write_hf_checkpoint(root / "double-heads", "double-heads"),
+        "seq-cls": write_hf_checkpoint(root / "seq-cls", "seq-cls", num_labels=3, pad_token_id=316),
+    }

@@ -27,7 +27,7 @@ def _errors_as_messages(fn: Callable) -> Callable:
 def _sampling_options(fn: Callable) -> Callable:
     """The decoding options shared by the generate commands."""
     options = [
-        click.option("--max-new-tokens", type=click.IntRange(min=0), default=20, show_default=True),
+        click.option("--max-new-tokens", type=click.IntRange(min=1), default=20, show_default=True),
         click.option("--sample", is_flag=True, help="Sample instead of greedy decoding."),
         click.option("--temperature", type=float, default=1.0, show_default=True),
         click.option("--top-k", type=click.IntRange(min=0), default=50, show_default=True),
@@ -122,6 +122,38 @@ def validate_command(folder, model_path):
 
     validate_folder(folder, model_path, stderr_reporter)
     click.echo(f"{folder}: all outputs within tolerance")
+
+
+@main.command("generate")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--prompt", required=True, help="Text to continue.")
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
+@_sampling_options
+@_errors_as_messages
+def generate_command(
+    folder, prompt, provider, threads, max_new_tokens, sample, temperature, top_k, top_p, seed, num_beams
+):
+    """Stream a continuation of --prompt from an export folder, with the torch-free runtime."""
+    import runtime
+
+    model = runtime.load(folder, provider=provider, threads=threads)
+    options = dict(
+        max_new_tokens=max_new_tokens,
+        do_sample=sample,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        num_beams=num_beams,
+    )
+    click.echo(prompt, nl=False)
+    if num_beams > 1:
+        click.echo(model.generate_text(prompt, **options))
+        return
+    for piece in model.stream(prompt, **options):
+        click.echo(piece, nl=False)
+    click.echo()
 
 
 if __name__ == "__main__":

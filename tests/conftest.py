@@ -153,3 +153,16 @@ def hf_checkpoints(tmp_path_factory) -> dict[str, Path]:
         "double-heads": write_hf_checkpoint(root / "double-heads", "double-heads"),
         "seq-cls": write_hf_checkpoint(root / "seq-cls", "seq-cls", num_labels=3, pad_token_id=316),
     }
+
+
+@pytest.fixture(scope="session")
+def exports(hf_checkpoints, tmp_path_factory) -> dict[str, Path]:
+    """Validated fp32 export folders of the tiny checkpoints (lm, seq-cls, double-heads) and an fp16 lm."""
+    from gpt2_export.export import ExportOptions, export
+
+    root = tmp_path_factory.mktemp("exports")
+    folders = {}
+    for head in ("lm", "seq-cls", "double-heads"):
+        folders[head] = export(hf_checkpoints[head], root / head, ExportOptions(head=head)).folder
+    folders["lm-fp16"] = export(hf_checkpoints["lm"], root / "lm-fp16", ExportOptions(dtype="fp16")).folder
+    return folders

@@ -1,0 +1,276 @@
+"""The embeddable API: `runtime.load(folder)` returns a Model that generates, streams, classifies and scores.
+
+Modelled on onnxruntime-genai's small surface (Model, Tokenizer, options as one object). A loaded
+Model holds only immutable state (session, manifest, tokenizer); every call builds its own decoder
+and cache, so one Model serves many threads. Shape legend: B batch, T tokens.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from .decoding import GenerationOptions, generate
+from .manifest import Manifest
+from .onnx_decoder import OnnxDecoder
+from .providers import DEVICE_OF, check_contract, create_session
+from .tokenizer import Tokenizer, TokenizerNotFoundError
+
+GENERATING_HEADS = ("lm",)
+
+
+@dataclass
+class Classification:
+    """classify() output: probabilities (B, num_labels), and each row's most likely label."""
+
+    probabilities: np.ndarray
+    label_ids: np.ndarray
+    labels: list[str]
+
+
+class Model:
+    """An exported GPT-2 folder loaded on an ONNX Runtime provider."""
+
+    def __init__(
+        self,
+        folder: Path,
+        manifest: Manifest,
+        session: ort.InferenceSession,
+        provider: str,
+        tokenizer: Tokenizer | None,
+    ):
+        self.folder = folder
+        self.manifest = manifest
+        self.session = session
+        self.provider = provider
+        self.device = DEVICE_OF[provider]
+        self._tokenizer = tokenizer
+
+    # ---- properties ----------------------------------------------------------------------------
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        """The export's tokenizer; a clear error when the folder has none."""
+        if self._tokenizer is None:
+            raise TokenizerNotFoundError(
+                f"{self.folder} has no tokenizer files (vocab.json + merges.txt or *.tiktoken): pass token ids "
+                "to generate(), or re-export from a checkpoint folder that has them"
+            )
+        return self._tokenizer
+
+    @property
+    def eos_token_id(self) -> int | list[int] | None:
+        return self.manifest.shape.eos_token_id
+
+    @property
+    def pad_token_id(self) -> int | None:
+        """The configured pad id, else the (first) eos id, as transformers' generate falls back to."""
+        pad = self.manifest.shape.pad_token_id
+        if pad is None:
+            eos = self.eos_token_id
+            pad = eos[0] if isinstance(eos, list) else eos
+        return pad
+
+    # ---- input checks ----------------------------------------------------------------------------
+
+    def _check_ids(self, input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(input_ids)
+        if ids.dtype.kind not in "iu":
+            raise ValueError(f"input_ids must hold integer token ids, got dtype {ids.dtype}: pass int64 ids")
+        if ids.ndim == 1:
+            ids = ids[None, :]
+        if ids.ndim != 2:
+            raise ValueError(f"input_ids has shape {ids.shape}: expected (batch, sequence)")
+        if ids.shape[1] == 0 or ids.shape[0] == 0:
+            raise ValueError(f"input_ids has shape {ids.shape}: the prompt is empty; give at least one token")
+        vocab = self.manifest.shape.vocab_size
+        if ids.max() >= vocab or ids.min() < 0:
+            bad = int(ids.max()) if ids.max() >= vocab else int(ids.min())
+            raise ValueError(f"token id {bad} is out of range for vocab_size {vocab}: ids must be in [0, {vocab})")
+        if attention_mask is None:
+            mask = np.ones(ids.shape, dtype=np.int64)
+        else:
+            mask = np.asarray(attention_mask)
+            if mask.ndim == 1:
+                mask = mask[None, :]
+            if mask.shape != ids.shape:
+                raise ValueError(f"attention_mask has shape {mask.shape}, expected {ids.shape} like input_ids")
+            if mask.dtype.kind not in "iub":
+                raise ValueError(f"attention_mask must be 0/1 integers, got dtype {mask.dtype}")
+            if not np.isin(mask, (0, 1)).all():
+                raise ValueError("attention_mask must hold only 0 and 1")
+            if (mask.sum(-1) == 0).any():
+                raise ValueError("a row of attention_mask is all zeros: every prompt needs at least one real token")
+        return ids.astype(np.int64), mask.astype(np.int64)
+
+    def _require_head(self, heads: Sequence[str], what: str) -> None:
+        if self.manifest.head not in heads:
+            raise ValueError(
+                f"{what} needs an export of head {' or '.join(heads)}, but {self.folder} holds the "
+                f"{self.manifest.head!r} head: re-export with --head {heads[0]}"
+            )
+
+    def _options(self, options: dict) -> GenerationOptions:
+        return GenerationOptions().with_overrides(**options)
+
+    # ---- generation ------------------------------------------------------------------------------
+
+    def generate(self, input_ids, attention_mask=None, on_tokens=None, **options) -> np.ndarray:
+        """Full sequences, prompt included: (batch * num_return_sequences, prompt + new), as transformers returns."""
+        self._require_head(GENERATING_HEADS, "generate()")
+        ids, mask = self._check_ids(input_ids, attention_mask)
+        opts = self._options(options)
+        limit = self.manifest.shape.n_positions
+        if ids.shape[1] + opts.max_new_tokens > limit:
+            raise ValueError(
+                f"prompt of {ids.shape[1]} tokens + max_new_tokens {opts.max_new_tokens} = "
+                f"{ids.shape[1] + opts.max_new_tokens} exceeds n_positions {limit}: shorten the prompt or lower "
+                "max_new_tokens"
+            )
+        rows = ids.shape[0] * max(opts.num_beams, 1)
+        decoder = OnnxDecoder(self.session, self.manifest, self.device, rows, ids.shape[1] + opts.max_new_tokens)
+        eos = opts.eos_token_id if opts.eos_token_id is not None else self.eos_token_id
+        pad = opts.pad_token_id if opts.pad_token_id is not None else self.pad_token_id
+        return generate(decoder, ids, mask, opts, eos_token_id=eos, pad_token_id=pad, on_tokens=on_tokens)
+
+    def _encode_batch(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Left-padded ids and mask, as a decoder-only model wants its batch."""
+        encoded = [self.tokenizer.encode(p) for p in prompts]
+        for prompt, ids in zip(prompts, encoded, strict=True):
+            if not ids:
+                raise ValueError(f"prompt {prompt!r} encodes to no tokens: give a non-empty prompt")
+        width = max(len(ids) for ids in encoded)
+        pad = self.pad_token_id or 0
+        ids = np.full((len(encoded), width), pad, dtype=np.int64)
+        mask = np.zeros((len(encoded), width), dtype=np.int64)
+        for row, tokens in enumerate(encoded):
+            ids[row, width - len(tokens) :] = tokens
+            mask[row, width - len(tokens) :] = 1
+        return ids, mask
+
+    def _completion(self, tokens: np.ndarray) -> str:
+        eos = self.eos_token_id
+        stops = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+        kept = []
+        for token in tokens.tolist():
+            if token in stops:
+                break
+            kept.append(token)
+        return self.tokenizer.decode(kept)
+
+    def generate_text(self, prompt: str | list[str], **options) -> str | list[str]:
+        """Continuations of one prompt (str) or several (list, batched with left padding), up to the first eos."""
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        if not prompts:
+            raise ValueError("no prompts given: pass a string or a non-empty list of strings")
+        ids, mask = self._encode_batch(prompts)
+        sequences = self.generate(ids, mask, **options)
+        texts = [self._completion(row[ids.shape[1] :]) for row in sequences]
+        return texts[0] if isinstance(prompt, str) and len(texts) == 1 else texts
+
+    def stream(self, prompt: str, **options) -> Iterator[str]:
+        """Yield the continuation of one prompt piece by piece as tokens are decoded (never a broken character)."""
+        opts = self._options(options)
+        if opts.num_beams > 1:
+            raise ValueError("stream() decodes one hypothesis at a time: use num_beams=1, or generate_text()")
+        ids, mask = self._encode_batch([prompt])
+        pieces: queue.Queue = queue.Queue()
+        done = object()
+        eos = opts.eos_token_id if opts.eos_token_id is not None else self.eos_token_id
+        stops = set(eos if isinstance(eos, (list, tuple)) else [eos]) if eos is not None else set()
+
+        def run() -> None:
+            try:
+                self.generate(ids, mask, on_tokens=lambda tokens: pieces.put(int(tokens[0])), **options)
+                pieces.put(done)
+            except BaseException as e:  # surfaced to the consumer below
+                pieces.put(e)
+
+        worker = threading.Thread(target=run, daemon=True)
+        worker.start()
+        decoder = self.tokenizer.stream_decoder()
+        finished = False
+        while True:
+            item = pieces.get()
+            if item is done:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            if finished or item in stops:
+                finished = True
+                continue
+            text = decoder.feed(item)
+            if text:
+                yield text
+        tail = decoder.flush()
+        if tail:
+            yield tail
+        worker.join()
+
+    # ---- other heads -------------------------------------------------------------------------------
+
+    def forward(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One raw call of the graph with an empty past filled in; returns every output by name."""
+        full = dict(feeds)
+        rows = int(np.prod(feeds["input_ids"].shape[:-1]))
+        shape = self.manifest.shape
+        heads = list(shape.num_heads_per_layer) or [shape.n_head] * shape.n_layer
+        dtype = np.float16 if self.manifest.dtype == "fp16" else np.float32
+        for i in range(shape.n_layer):
+            for kind in ("key", "value"):
+                full.setdefault(f"past_key_values.{i}.{kind}", np.zeros((rows, heads[i], 0, shape.head_dim), dtype))
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(None, full), strict=True))
+
+    def classify(self, texts: str | list[str]) -> Classification:
+        """Sequence-classification exports: label probabilities per text (softmax, or sigmoid for multi-label)."""
+        self._require_head(("seq-cls",), "classify()")
+        batch = [texts] if isinstance(texts, str) else list(texts)
+        ids, mask = self._encode_batch(batch)
+        positions = np.where(mask == 0, 1, np.cumsum(mask, -1) - 1)
+        logits = self.forward({"input_ids": ids, "attention_mask": mask, "position_ids": positions})["logits"]
+        logits = logits.astype(np.float32)  # (B, num_labels)
+        if self.manifest.shape.problem_type == "multi_label_classification":
+            probabilities = 1.0 / (1.0 + np.exp(-logits))
+        else:
+            shifted = np.exp(logits - logits.max(-1, keepdims=True))
+            probabilities = shifted / shifted.sum(-1, keepdims=True)
+        label_ids = probabilities.argmax(-1)
+        id2label = self.manifest.shape.id2label
+        return Classification(probabilities, label_ids, [id2label.get(str(i), f"LABEL_{i}") for i in label_ids])
+
+    def score_choices(self, context: str, choices: list[str]) -> np.ndarray:
+        """Double-heads exports: one multiple-choice logit per choice of `context + choice`."""
+        self._require_head(("double-heads",), "score_choices()")
+        if not choices:
+            raise ValueError("no choices given: pass at least one")
+        ids, mask = self._encode_batch([context + choice for choice in choices])  # (C, T) left padded
+        positions = np.where(mask == 0, 1, np.cumsum(mask, -1) - 1)
+        c, t = ids.shape
+        feeds = {
+            "input_ids": ids[None],
+            "attention_mask": mask[None],
+            "position_ids": positions[None],
+            "mc_token_ids": np.full((1, c), t - 1, dtype=np.int64),
+        }
+        return self.forward(feeds)["mc_logits"][0].astype(np.float32)  # (C,)
+
+
+def load(folder: str | Path, provider: str = "cpu", threads: int | None = None) -> Model:
+    """Load an export folder: read export.json, check the graph against it, open the tokenizer."""
+    folder = Path(folder)
+    manifest = Manifest.load(folder)
+    model_path = folder / manifest.model_file
+    session = create_session(model_path, provider, threads)
+    check_contract(session, manifest.io, model_path)
+    try:
+        tokenizer = Tokenizer.from_folder(folder)
+    except TokenizerNotFoundError:
+        tokenizer = None
+    return Model(folder, manifest, session, provider, tokenizer)

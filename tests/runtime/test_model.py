@@ -1,0 +1,264 @@
+"""runtime.load(folder): the torch-free runtime generates exactly transformers' tokens and embeds in services.
+
+transformers 4.57 is the oracle: same checkpoint, same prompts, `generate()` with the same options.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import runtime
+from runtime.manifest import ManifestError
+from runtime.providers import GraphMismatchError, ProviderUnavailableError
+
+
+@pytest.fixture(scope="module")
+def hf_lm(hf_checkpoints):
+    return transformers.GPT2LMHeadModel.from_pretrained(hf_checkpoints["lm"]).eval()
+
+
+@pytest.fixture(scope="module")
+def lm(exports):
+    return runtime.load(exports["lm"])
+
+
+def _batch():
+    ids = np.array([[5, 17, 42, 99, 7, 250], [316, 316, 316, 80, 81, 82], [316, 12, 13, 14, 15, 16]])
+    mask = np.array([[1, 1, 1, 1, 1, 1], [0, 0, 0, 1, 1, 1], [0, 1, 1, 1, 1, 1]])
+    return ids, mask
+
+
+def _hf_generate(hf, ids, mask, **options):
+    with torch.no_grad():
+        out = hf.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask), pad_token_id=316, **options)
+    return out.numpy()
+
+
+def test_greedy_equals_transformers_on_a_left_padded_batch(lm, hf_lm):
+    ids, mask = _batch()
+    ours = lm.generate(ids, mask, max_new_tokens=12)
+    np.testing.assert_array_equal(ours, _hf_generate(hf_lm, ids, mask, max_new_tokens=12, do_sample=False))
+
+
+def test_greedy_equals_transformers_with_eos_inside_the_generation(lm, hf_lm):
+    ids, mask = _batch()
+    free = lm.generate(ids, mask, max_new_tokens=10)
+    eos = int(free[1, 8])  # a token greedy produces mid-way for row 1
+    ours = lm.generate(ids, mask, max_new_tokens=10, eos_token_id=eos)
+    theirs = _hf_generate(hf_lm, ids, mask, max_new_tokens=10, do_sample=False, eos_token_id=eos)
+    np.testing.assert_array_equal(ours, theirs)
+    assert (ours[1, 9:] == 316).all()  # finished rows are padded
+
+
+@pytest.mark.parametrize(
+    "beams, returns, penalty, early", [(3, 1, 1.0, False), (4, 2, 0.5, True), (2, 2, 2.0, "never")]
+)
+def test_beam_search_equals_transformers(lm, hf_lm, beams, returns, penalty, early):
+    ids, mask = _batch()
+    options = dict(
+        max_new_tokens=8, num_beams=beams, num_return_sequences=returns, length_penalty=penalty, early_stopping=early
+    )
+    np.testing.assert_array_equal(lm.generate(ids, mask, **options), _hf_generate(hf_lm, ids, mask, **options))
+
+
+def test_single_prompt_without_mask(lm, hf_lm):
+    ids = np.array([[3, 1, 4, 1, 5, 9, 2, 6]])
+    ours = lm.generate(ids, max_new_tokens=15)
+    with torch.no_grad():
+        theirs = hf_lm.generate(torch.from_numpy(ids), max_new_tokens=15, do_sample=False, pad_token_id=316).numpy()
+    np.testing.assert_array_equal(ours, theirs)
+
+
+def test_seeded_sampling_is_reproducible(lm):
+    ids, mask = _batch()
+    options = dict(max_new_tokens=10, do_sample=True, top_k=40, top_p=0.95, temperature=5.0)
+    first = lm.generate(ids, mask, seed=7, **options)
+    np.testing.assert_array_equal(first, lm.generate(ids, mask, seed=7, **options))
+    assert not np.array_equal(first, lm.generate(ids, mask, seed=8, **options))
+
+
+def test_streaming_text_equals_the_full_decode(lm):
+    prompt = "the cat sat on the"
+    pieces = list(lm.stream(prompt, max_new_tokens=16))
+    assert len(pieces) > 1
+    assert "".join(pieces) == lm.generate_text(prompt, max_new_tokens=16)
+
+
+def test_generate_text_batches_prompts_like_single_calls(lm):
+    prompts = ["the cat", "héllo wörld, café and the dog", "🙂"]
+    batched = lm.generate_text(prompts, max_new_tokens=8)
+    assert batched == [lm.generate_text(p, max_new_tokens=8) for p in prompts]
+
+
+def test_threads_share_one_model_and_match_serial_calls(lm):
+    ids, mask = _batch()
+    jobs = [dict(max_new_tokens=6 + i % 4, num_beams=1 + i % 3) for i in range(12)]
+    serial = [lm.generate(ids, mask, **job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        parallel = list(pool.map(lambda job: lm.generate(ids, mask, **job), jobs))
+    for a, b in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_fp16_export_generates_like_fp32_on_clear_choices(exports, lm):
+    half = runtime.load(exports["lm-fp16"])
+    ids, mask = _batch()
+    assert half.generate(ids, mask, max_new_tokens=6).shape == (3, 12)
+    agree = (half.generate(ids, mask, max_new_tokens=6) == lm.generate(ids, mask, max_new_tokens=6)).mean()
+    assert agree > 0.8
+
+
+def test_classify_matches_transformers(exports, hf_checkpoints):
+    model = runtime.load(exports["seq-cls"])
+    texts = ["the cat sat", "a much longer sentence about the dog on the log", "🙂"]
+    result = model.classify(texts)
+    hf = transformers.GPT2ForSequenceClassification.from_pretrained(hf_checkpoints["seq-cls"]).eval()
+    for text, probabilities in zip(texts, result.probabilities, strict=True):
+        ids = torch.tensor([model.tokenizer.encode(text)])
+        with torch.no_grad():
+            expected = hf(ids).logits.softmax(-1)[0].numpy()
+        np.testing.assert_allclose(probabilities, expected, atol=1e-5)
+    assert result.labels[0].startswith("LABEL_") and result.probabilities.shape == (3, 3)
+
+
+def test_score_choices_matches_transformers(exports, hf_checkpoints):
+    model = runtime.load(exports["double-heads"])
+    context, choices = "the cat sat on the", [" mat", " log of the dog"]
+    scores = model.score_choices(context, choices)
+    hf = transformers.GPT2DoubleHeadsModel.from_pretrained(hf_checkpoints["double-heads"]).eval()
+    for choice, score in zip(choices, scores, strict=True):
+        ids = torch.tensor([[model.tokenizer.encode(context + choice)]])
+        with torch.no_grad():
+            expected = hf(ids, mc_token_ids=torch.tensor([[ids.shape[-1] - 1]])).mc_logits[0, 0].item()
+        assert abs(score - expected) < 1e-4
+
+
+def test_the_runtime_never_imports_torch(exports):
+    script = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # any `import torch` now raises ImportError
+        import runtime
+        model = runtime.load({str(exports["lm"])!r})
+        print(model.generate_text("the cat", max_new_tokens=5))
+        assert "models" not in sys.modules and "transformers" not in sys.modules
+    """)
+    result = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )
+    assert result.returncode == 0, result.stderr
+
+
+# ---- bad input ---------------------------------------------------------------------------------
+
+
+def test_prompt_plus_new_tokens_beyond_n_positions_names_both(lm):
+    with pytest.raises(ValueError, match="prompt of 60 tokens \\+ max_new_tokens 10 = 70 exceeds n_positions 64"):
+        lm.generate(np.ones((1, 60), dtype=np.int64), max_new_tokens=10)
+
+
+@pytest.mark.parametrize(
+    "ids, message",
+    [
+        (np.zeros((1, 0), dtype=np.int64), "the prompt is empty"),
+        (np.array([[1, 317]]), "token id 317 is out of range for vocab_size 317"),
+        (np.array([[1, -2]]), "token id -2 is out of range"),
+        (np.array([[1.0, 2.0]]), "integer token ids, got dtype float64"),
+        (np.ones((1, 2, 3), dtype=np.int64), "expected \\(batch, sequence\\)"),
+    ],
+)
+def test_bad_input_ids(lm, ids, message):
+    with pytest.raises(ValueError, match=message):
+        lm.generate(ids, max_new_tokens=2)
+
+
+def test_bad_attention_masks(lm):
+    with pytest.raises(ValueError, match="attention_mask has shape \\(1, 2\\), expected \\(1, 3\\)"):
+        lm.generate(np.array([[1, 2, 3]]), np.array([[1, 1]]))
+    with pytest.raises(ValueError, match="only 0 and 1"):
+        lm.generate(np.array([[1, 2, 3]]), np.array([[1, 2, 1]]))
+    with pytest.raises(ValueError, match="all zeros"):
+        lm.generate(np.array([[1, 2, 3]]), np.array([[0, 0, 0]]))
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (dict(top_p=0.0), "top_p"),
+        (dict(top_p=1.5), "top_p"),
+        (dict(num_beams=2, num_return_sequences=3), "num_return_sequences"),
+        (dict(do_sample=True, temperature=-1.0), "temperature"),
+        (dict(max_new_tokens=-1), "max_new_tokens"),
+    ],
+)
+def test_invalid_options(lm, options, message):
+    with pytest.raises(ValueError, match=message):
+        lm.generate(np.array([[1, 2]]), **options)
+
+
+def test_unknown_option_lists_the_valid_ones(lm):
+    with pytest.raises((TypeError, ValueError), match="max_new_tokens"):
+        lm.generate(np.array([[1, 2]]), max_tokens=3)
+
+
+def test_folder_without_manifest(tmp_path):
+    with pytest.raises(ManifestError, match="has no export.json"):
+        runtime.load(tmp_path)
+
+
+def test_corrupt_model_file(exports, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(exports["lm"], broken)
+    (broken / "model.onnx").write_bytes(b"not a model")
+    with pytest.raises(GraphMismatchError, match="cannot load .*model.onnx.*re-export"):
+        runtime.load(broken)
+
+
+def test_model_file_from_another_export(exports, tmp_path):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(exports["lm"], mixed)
+    shutil.copyfile(exports["double-heads"] / "model.onnx", mixed / "model.onnx")
+    with pytest.raises(GraphMismatchError, match="does not match its export.json"):
+        runtime.load(mixed)
+
+
+def test_heads_that_cannot_generate(exports):
+    with pytest.raises(ValueError, match="generate\\(\\) needs an export of head lm.*'seq-cls' head"):
+        runtime.load(exports["seq-cls"]).generate(np.array([[1, 2]]))
+    with pytest.raises(ValueError, match="classify\\(\\) needs an export of head seq-cls"):
+        runtime.load(exports["lm"]).classify("x")
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in __import__("onnxruntime").get_available_providers(),
+    reason="checks the message on a machine without CUDA",
+)
+def test_unavailable_provider_lists_the_available_ones(exports):
+    with pytest.raises(ProviderUnavailableError, match="available: .*CPUExecutionProvider"):
+        runtime.load(exports["lm"], provider="cuda")
+    with pytest.raises(ValueError, match="unknown provider 'gpu'"):
+        runtime.load(exports["lm"], provider="gpu")
+
+
+def test_missing_tokenizer_is_reported_only_when_text_is_used(exports, tmp_path):
+    bare = tmp_path / "bare"
+    shutil.copytree(exports["lm"], bare)
+    for name in ("vocab.json", "merges.txt"):
+        (bare / name).unlink()
+    model = runtime.load(bare)
+    assert model.generate(np.array([[1, 2, 3]]), max_new_tokens=2).shape == (1, 5)
+    with pytest.raises(FileNotFoundError, match="no tokenizer files"):
+        model.generate_text("hello")

@@ -97,18 +97,47 @@ def reference_generate(model_path, prompt, max_new_tokens, sample, temperature, 
 @click.option(
     "--external-data/--no-external-data", default=None, help="Weights in model.onnx.data (default: past 2 GB)."
 )
+@click.option("--plain", is_flag=True, help="The traced, unfused graph (the reference) instead of the fused one.")
+@click.option(
+    "--kv-cache",
+    type=click.Choice(["growing", "shared"]),
+    default="growing",
+    show_default=True,
+    help="shared: a fused graph that writes the KV cache in place (GroupQueryAttention).",
+)
+@click.option(
+    "--weights",
+    type=click.Choice(["float", "int8", "int4"]),
+    default="float",
+    show_default=True,
+    help="Quantize MatMul weights (fused fp32 graphs, for CPUs).",
+)
 @_errors_as_messages
-def export_command(model_path, head, output, opset, dtype, overwrite, no_validate, external_data):
+def export_command(
+    model_path, head, output, opset, dtype, overwrite, no_validate, external_data, plain, kv_cache, weights
+):
     """Export one GPT-2 head to an ONNX folder and validate it against PyTorch."""
     from .export import ExportOptions, export
     from .progress import stderr_reporter
 
     options = ExportOptions(
-        head=head, opset=opset, dtype=dtype, validate=not no_validate, overwrite=overwrite, external_data=external_data
+        head=head,
+        opset=opset,
+        dtype=dtype,
+        validate=not no_validate,
+        overwrite=overwrite,
+        external_data=external_data,
+        variant="plain" if plain else None,
+        kv_cache=kv_cache,
+        weights=weights,
     )
     result = export(model_path, output, options, stderr_reporter)
     status = "validated" if result.validation is not None else "not validated (--no-validate)"
-    click.echo(f"exported {head} ({dtype}, opset {opset}) to {result.folder}: {status}")
+    m = result.manifest
+    click.echo(
+        f"exported {head} ({dtype}, opset {opset}, {m.variant} graph, kv cache {m.kv_cache}, weights {m.weights}) "
+        f"to {result.folder}: {status}"
+    )
 
 
 @main.command("validate")

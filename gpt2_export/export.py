@@ -19,18 +19,22 @@ import onnxruntime
 import torch
 
 import models
-from runtime.manifest import MANIFEST_NAME, Manifest, ModelShape
+from runtime.manifest import MANIFEST_NAME, IOContract, Manifest, ModelShape, TensorSpec
 from runtime.tokenizer import GPT2_RANKS_RESOURCE
 
 from . import __version__
 from .checkpoints import ReferenceModel, load_reference
 from .contract import dynamic_axes, io_contract
+from .fused import KV_CACHE_LAYOUTS, FusedGraphError, build_fused
 from .graphs import HEAD_CLASSES, graph_for
 from .progress import Reporter, silent, stage
 from .validate import ValidationReport, raise_if_failed, validate
 
 MODEL_FILE = "model.onnx"
 DTYPES = ("fp32", "fp16")
+VARIANTS = ("fused", "plain")
+WEIGHTS = ("float", "int8", "int4")
+FUSED_HEADS = ("lm", "base")
 # The TorchScript exporter emits opsets up to 20; below 14 it cannot express the attention's dynamic slices.
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 14, 20, 17
 PROTOBUF_LIMIT = 2**31 - 1
@@ -53,12 +57,29 @@ class ExportOptions:
     validate: bool = True
     overwrite: bool = False
     external_data: bool | None = None  # None: only when the model passes protobuf's 2 GB
+    variant: str | None = None  # None: fused where it applies (lm, base), else plain
+    kv_cache: str = "growing"  # fused only: "shared" writes the cache in place
+    weights: str = "float"  # "int8" / "int4": quantized MatMul weights (fused, fp32 only)
 
     def __post_init__(self) -> None:
         if self.head not in HEAD_CLASSES:
             raise ExportError(f"unknown head {self.head!r}: choose one of {', '.join(HEAD_CLASSES)}")
         if self.dtype not in DTYPES:
             raise ExportError(f"unknown dtype {self.dtype!r}: choose fp32 or fp16")
+        if self.variant not in (None, *VARIANTS):
+            raise ExportError(f"unknown variant {self.variant!r}: choose fused or plain")
+        if self.kv_cache not in KV_CACHE_LAYOUTS:
+            raise ExportError(f"unknown kv_cache {self.kv_cache!r}: choose growing or shared")
+        if self.weights not in WEIGHTS:
+            raise ExportError(f"unknown weights {self.weights!r}: choose float, int8 or int4")
+        plain = self.variant == "plain" or (self.variant is None and self.head not in FUSED_HEADS)
+        if plain and (self.kv_cache != "growing" or self.weights != "float"):
+            raise ExportError(
+                f"--kv-cache {self.kv_cache} / --weights {self.weights} need the fused graph, which covers the "
+                f"{' and '.join(FUSED_HEADS)} heads: drop --plain (or use head lm)"
+            )
+        if self.weights != "float" and self.dtype != "fp32":
+            raise ExportError(f"--weights {self.weights} quantizes an fp32 graph: use --dtype fp32")
         if self.opset < MIN_OPSET:
             raise ExportError(
                 f"opset {self.opset} is too old: the graph needs opset >= {MIN_OPSET} (dynamic Slice/Trilu-free "
@@ -157,6 +178,38 @@ def trace(model: models.GPT2PreTrainedModel, head: str, path: Path, options: Exp
     return onnx.load(str(path), load_external_data=True)
 
 
+def build_graph(reference: models.GPT2PreTrainedModel, options: ExportOptions, onnx_path: Path,
+                report: Reporter) -> tuple[str, onnx.ModelProto, IOContract]:
+    """The fp32 graph of the requested variant: fused when asked or by default where it applies, else traced."""
+    variant = options.variant or ("fused" if options.head in FUSED_HEADS else "plain")
+    if variant == "fused":
+        try:
+            with stage(f"build fused graph (kv cache: {options.kv_cache})", report):
+                proto, contract = build_fused(reference, options.head, options.kv_cache, options.opset,
+                                              lm_head_as_matmul=options.weights != "float")
+            return "fused", proto, contract
+        except FusedGraphError as e:
+            if options.variant == "fused" or options.kv_cache != "growing" or options.weights != "float":
+                raise ExportError(str(e)) from e
+            report(f"note: {e}; exporting the plain graph instead")
+    with stage("trace", report):
+        proto = trace(reference, options.head, onnx_path, options)
+    config = reference.config
+    contract = io_contract(
+        options.head, config.n_layer, [b.attn.num_heads for b in reference.base_model.h], config.head_dim,
+        config.n_embd, config.vocab_size, config.num_labels,
+    )
+    return "plain", proto, contract
+
+
+def with_float_type(contract: IOContract, float_type: str) -> IOContract:
+    """The contract with every float tensor retyped (fp16 conversion keeps ints as they are)."""
+    def retype(spec: TensorSpec) -> TensorSpec:
+        return TensorSpec(spec.name, float_type if spec.dtype.startswith("float") else spec.dtype, spec.shape)
+
+    return IOContract(tuple(map(retype, contract.inputs)), tuple(map(retype, contract.outputs)))
+
+
 def save_onnx(proto: onnx.ModelProto, path: Path, external_data: bool | None) -> bool:
     """Write the model, with weights in model.onnx.data when it passes 2 GB (or when asked)."""
     size = proto.ByteSize()
@@ -244,13 +297,18 @@ def export(
         check_head_matches(ref, options.head)
         reference = ref.model.float().eval()
     onnx_path = folder / MODEL_FILE
-    with stage("trace", report):
-        proto = trace(reference, options.head, onnx_path, options)
+    variant, proto, contract = build_graph(reference, options, onnx_path, report)
+    if options.weights != "float":
+        with stage(f"quantize weights to {options.weights}", report):
+            from .precision import quantize
+
+            proto = quantize(proto, options.weights, folder)
     if options.dtype == "fp16":
         with stage("convert to fp16", report):
             from .precision import to_fp16
 
             proto = to_fp16(proto)
+            contract = with_float_type(contract, "float16")
     with stage("save", report):
         external = save_onnx(proto, onnx_path, options.external_data)
         reference.config.save(folder)
@@ -259,20 +317,9 @@ def export(
             f"wrote {onnx_path}{' + external data' if external else ''}, config.json, "
             f"{', '.join(tokenizer_files) or 'no tokenizer files'}"
         )
-    config = reference.config
-    contract = io_contract(
-        options.head,
-        config.n_layer,
-        [b.attn.num_heads for b in reference.base_model.h],
-        config.head_dim,
-        config.n_embd,
-        config.vocab_size,
-        config.num_labels,
-        "float16" if options.dtype == "fp16" else "float32",
-    )
     manifest = Manifest(
         head=options.head,
-        variant="plain",
+        variant=variant,
         dtype=options.dtype,
         opset=options.opset,
         model_file=MODEL_FILE,
@@ -282,12 +329,14 @@ def export(
         tools=tool_versions(),
         source=ref.source,
         checkpoint=str(model) if model is not None else None,
+        kv_cache=options.kv_cache if variant == "fused" else "growing",
+        weights=options.weights,
     )
     manifest.save(folder)
     validation = None
     if options.validate:
         with stage("validate", report):
-            validation = validate(reference, options.head, onnx_path, options.dtype, report)
+            validation = validate(reference, manifest, onnx_path, report)
             manifest.validation = validation.to_dict()
             manifest.save(folder)
         raise_if_failed(validation)
@@ -302,7 +351,7 @@ def validate_folder(
     manifest = Manifest.load(folder)
     checkpoint = str(model) if model is not None else manifest.checkpoint
     ref = load_reference(checkpoint, HEAD_CLASSES[manifest.head])
-    result = validate(ref.model.float().eval(), manifest.head, folder / manifest.model_file, manifest.dtype, report)
+    result = validate(ref.model.float().eval(), manifest, folder / manifest.model_file, report)
     manifest.validation = result.to_dict()
     manifest.save(folder)
     raise_if_failed(result)

@@ -18,12 +18,15 @@ import onnxruntime as ort
 import torch
 
 import models
+from runtime.manifest import Manifest
 
 from .contract import MAIN_OUTPUT, past_names, present_names
 from .progress import Reporter, silent
 
 # |onnx - torch| <= atol + rtol * |torch|, per element, per dtype of the exported graph.
 TOLERANCES: dict[str, tuple[float, float]] = {"fp32": (1e-4, 1e-4), "fp16": (2e-2, 2e-2)}
+# Quantized weights: |onnx - torch| <= fraction * max |torch| of that output (error scales with the output).
+QUANTIZED_TOLERANCES: dict[str, float] = {"int8": 0.10, "int4": 0.40}
 
 
 class ValidationError(RuntimeError):
@@ -60,6 +63,7 @@ class ValidationReport:
     dtype: str
     atol: float
     rtol: float
+    weights: str = "float"
     checker: str = "not run"
     checks: list[OutputCheck] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
@@ -91,7 +95,9 @@ def _positions(mask: np.ndarray) -> np.ndarray:
 class Validator:
     """Runs the reference model and the ONNX graph on the same inputs and compares them."""
 
-    def __init__(self, model: models.GPT2PreTrainedModel, head: str, onnx_path: Path, dtype: str, report: Reporter):
+    def __init__(self, model: models.GPT2PreTrainedModel, manifest: Manifest, onnx_path: Path, report: Reporter):
+        head, dtype = manifest.head, manifest.dtype
+        self.manifest = manifest
         self.model = model.float().eval()
         self.head = head
         self.config = model.config
@@ -102,7 +108,12 @@ class Validator:
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self.atol, self.rtol = TOLERANCES[dtype]
+        self.quantized = QUANTIZED_TOLERANCES.get(manifest.weights)
         self.result = ValidationReport(dtype=dtype, atol=self.atol, rtol=self.rtol)
+        self.result.weights = manifest.weights
+        self.shared = manifest.kv_cache == "shared"
+        self._decoder = None  # the in-place cache graph keeps its cache between calls
+        self._agreement = [0, 0]
         self.report = report
         self.rng = np.random.default_rng(0)
 
@@ -136,8 +147,21 @@ class Validator:
     # ---- running ---------------------------------------------------------------------------------
 
     def run_onnx(self, case: Case) -> dict[str, np.ndarray]:
+        if self.shared:
+            return self._run_shared(case)
         names = [o.name for o in self.session.get_outputs()]
         return dict(zip(names, self.session.run(None, case.feeds), strict=True))
+
+    def _run_shared(self, case: Case) -> dict[str, np.ndarray]:
+        """In-place cache graphs run through the runtime's decoder; a case with an empty past starts a new cache."""
+        from runtime.onnx_decoder import SharedCacheDecoder
+
+        past = case.feeds.get("past_key_values.0.key")
+        if past is not None and past.shape[2] == 0 or self._decoder is None:
+            rows = case.feeds["input_ids"].shape[0]
+            self._decoder = SharedCacheDecoder(self.session, self.manifest, "cpu", rows, 32)
+        f = case.feeds
+        return {"logits": self._decoder.forward(f["input_ids"], f["attention_mask"], f["position_ids"])}
 
     def run_torch(self, case: Case) -> dict[str, np.ndarray]:
         if self.head == "seq-cls" and self.config.pad_token_id is None:
@@ -168,10 +192,19 @@ class Validator:
 
     def compare(self, case: Case, got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
         for name, expected in want.items():
+            if name not in got:
+                continue  # the in-place cache graph returns its cache in its own layout
             actual = got[name].astype(np.float32)
             mask = self._compare_mask(name, case, expected.shape)
             diff = np.abs(actual - expected)
-            bound = self.atol + self.rtol * np.abs(expected)
+            if self.quantized is not None:
+                bound = np.full(expected.shape, self.quantized * float(np.abs(expected[mask]).max()), np.float32)
+            else:
+                bound = self.atol + self.rtol * np.abs(expected)
+            if name == "logits" and self.head == "lm":
+                real = mask[..., 0]
+                self._agreement[0] += int((actual.argmax(-1) == expected.argmax(-1))[real].sum())
+                self._agreement[1] += int(real.sum())
             diff_m, ok = diff[mask], (diff <= bound)[mask]
             finite = bool(np.isfinite(actual[mask]).all())
             max_diff = float(diff_m.max()) if diff_m.size else 0.0
@@ -195,7 +228,9 @@ class Validator:
     # ---- the suite -------------------------------------------------------------------------------
 
     def _as_past(self, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """present.* outputs renamed as the next call's past_key_values.* inputs."""
+        """present.* outputs renamed as the next call's past_key_values.* inputs (none: the graph keeps its own)."""
+        if "present.0.key" not in outputs:
+            return {}
         pairs = zip(past_names(self.n_layer), present_names(self.n_layer), strict=True)
         return {past: outputs[present].astype(self.float_type) for past, present in pairs}
 
@@ -229,8 +264,13 @@ class Validator:
         self.compare(step, self.run_onnx(step), self.run_torch(reference))
         if self.head == "lm":
             self.result.greedy = self.greedy_agreement()
+            agreed, total = self._agreement
+            self.result.greedy["argmax_agreement"] = agreed / total if total else None
             self.report(self.result.greedy["summary"])
-            if not self.result.greedy["passed"]:
+            self.report(f"argmax agreement with the fp32 reference over {total} positions: {agreed / total:.1%}")
+            if self.quantized is not None:
+                self.result.greedy["passed"] = True  # quantization may flip close calls: reported, not enforced
+            elif not self.result.greedy["passed"]:
                 self.result.problems.append(self.result.greedy["summary"])
         return self.result
 
@@ -288,10 +328,10 @@ def check_graph(onnx_path: Path) -> str:
 
 
 def validate(
-    model: models.GPT2PreTrainedModel, head: str, onnx_path: Path, dtype: str, report: Reporter = silent
+    model: models.GPT2PreTrainedModel, manifest: Manifest, onnx_path: Path, report: Reporter = silent
 ) -> ValidationReport:
     """Check the graph and compare it with the reference; never raises for numeric misses (see `raise_if_failed`)."""
-    validator = Validator(model, head, onnx_path, dtype, report)
+    validator = Validator(model, manifest, onnx_path, report)
     try:
         validator.result.checker = check_graph(onnx_path)
     except onnx.checker.ValidationError as e:

@@ -30,12 +30,17 @@ transformers behaviours kept on purpose:
 - Beam search pads short outputs with pad_token_id, except pad_token_id 0, which is falsy in transformers'
   `pad_token_id or eos_token_id[0]` and pads with the first eos id instead.
 
-Ties. Greedy uses `np.argmax` (first maximum), exactly `torch.argmax`. Every top-k selection (beam candidates,
-running beams, finished beams, beam sampling) uses `topk_indices`: largest first, equal values by increasing
-index (lower beam, then lower token id). torch.topk promises no order among equal values: on CPU it comes from
-libstdc++'s partial_sort / nth_element, on CUDA from a radix select, so no backend-independent order exists to
-copy. In beam search exact ties between real scores need two continuations with bitwise-equal accumulated
-log-probs; the ties that do occur are among the -1e9 placeholders of finished slots nobody returns.
+Ties and rounding. Greedy uses `np.argmax` (first maximum), exactly `torch.argmax`. Every top-k selection
+(beam candidates, running beams, finished beams, beam sampling) uses `topk_indices`: largest first, equal values
+by increasing index (lower beam, then lower token id); top-p sorts stably too. torch promises no order among
+equal values: torch.topk on CPU inherits libstdc++'s partial_sort / nth_element, on CUDA a radix select, and
+torch.sort on CPU is not stable either, so no backend-independent order exists to copy, and stable-by-index is
+the rule argmax already follows. In beam search an exact tie between real scores needs two continuations with
+bitwise-equal accumulated log-probs (rare with float32 logits, likelier with fp16 ones); the ties that always
+occur are among -1e9-sized placeholders (beams 1.. at the first step, unfilled finished slots), which never
+reach the output unless fewer than num_return_sequences hypotheses finish. numpy's exp, log and sums are not
+torch's vectorised kernels, so log-softmax and softmax values can differ from transformers' in the last bit:
+a beam or a top-p boundary can only flip between candidates that close.
 
 Deliberate differences from transformers, each an error where transformers warns or misbehaves: right-padded
 prompts, NaN or +inf logits from the backend, min_new_tokens > max_new_tokens, and token ids outside the
@@ -263,9 +268,10 @@ def temperature_scale(scores: np.ndarray, temperature: float) -> np.ndarray:
 
 def top_k_filter(scores: np.ndarray, top_k: int, min_tokens_to_keep: int = 1) -> np.ndarray:
     """-inf below the k-th highest score; ties with it survive (TopKLogitsWarper)."""
-    vocab = scores.shape[-1]
-    k = min(max(top_k, min_tokens_to_keep), vocab)
-    kth = np.partition(scores, vocab - k, axis=-1)[:, vocab - k, None]  # (N, 1)
+    k = min(max(top_k, min_tokens_to_keep), scores.shape[-1])
+    # Partition for the k-th from the top: numpy's introselect crawls on a k-th near the end of a row whose
+    # low end is one repeated value (-inf after other filters).
+    kth = -np.partition(-scores, k - 1, axis=-1)[:, k - 1, None]  # (N, 1)
     return np.where(scores < kth, np.float32(-np.inf), scores)
 
 
@@ -298,7 +304,7 @@ def _outside_nucleus(line: np.ndarray, probs: np.ndarray, threshold: np.float32,
     size = max(256, 4 * keep)
     while live.size >= keep and size < live.size:
         live_scores = line[live]
-        top = live_scores >= np.partition(live_scores, live.size - size)[live.size - size]  # an ascending suffix
+        top = live_scores >= -np.partition(-live_scores, size - 1)[size - 1]  # a suffix of the ascending order
         rest = probs[live[~top]].sum(dtype=np.float64)  # the cumulative probability just below it
         if np.float32(rest) <= threshold:  # everything below the suffix is removed
             head, left_out = live[top], rest
@@ -383,6 +389,17 @@ def _sample(probs: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
     race = rng.standard_exponential(probs.shape)
     keys = np.divide(probs, race, out=np.full(probs.shape, -1.0), where=probs > 0)
     return topk_indices(keys, k)
+
+
+def _draw(scores: np.ndarray, rng: np.random.Generator, step: int) -> np.ndarray:
+    """(N, V) processed scores -> (N,) one token per row drawn from their softmax."""
+    empty = np.flatnonzero(~(scores > -np.inf).any(axis=-1)).tolist()
+    if empty:
+        raise ValueError(
+            f"rows {empty} have no token left to sample at step {step}: the logits processors set every score "
+            "to -inf; relax no_repeat_ngram_size / repetition_penalty or check the decoder's logits"
+        )
+    return _sample(_softmax(scores), 1, rng)[:, 0]
 
 
 def _gather_beams(tensor: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -539,8 +556,8 @@ def _greedy_or_sample(feeder: _Feeder, input_ids: np.ndarray, plan: _Plan) -> np
         if cur_len == prompt_len:
             _check_vocab(logits.shape[1], input_ids, eos, plan.pad)
         scores = _process(plan.processors, tokens[:, :cur_len], logits)
-        # (N,) multinomial draw, or the first maximum as torch.argmax
-        next_tokens = _sample(_softmax(scores), 1, plan.rng)[:, 0] if options.do_sample else np.argmax(scores, -1)
+        # (N,) a multinomial draw, or the first maximum as torch.argmax
+        next_tokens = _draw(scores, plan.rng, cur_len - prompt_len) if options.do_sample else np.argmax(scores, -1)
         if eos is not None:
             next_tokens = np.where(unfinished, next_tokens, plan.pad)
         tokens[:, cur_len] = next_tokens

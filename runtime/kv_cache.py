@@ -37,6 +37,23 @@ class _Buffer:
         return self.array[: int(np.prod(shape))].reshape(shape)
 
 
+_GATHER_SESSIONS: dict[str, ort.InferenceSession] = {}
+
+
+def _device_gather(source: _Buffer, target: _Buffer, shape: tuple[int, ...], beam_idx: np.ndarray) -> None:
+    """target[r] = source[beam_idx[r]] on the device, with the one-node Gather graph of runtime/assets."""
+    name = "float16" if source.dtype == np.float16 else "float32"
+    if name not in _GATHER_SESSIONS:
+        graph = (resources.files("runtime") / "assets" / f"gather_rows_{name}.onnx").read_bytes()
+        _GATHER_SESSIONS[name] = ort.InferenceSession(graph, providers=["CUDAExecutionProvider"])
+    session = _GATHER_SESSIONS[name]
+    binding = session.io_binding()
+    binding.bind_input("data", source.device, 0, source.dtype, shape, source.ptr)
+    binding.bind_cpu_input("indices", beam_idx)
+    binding.bind_output("gathered", target.device, 0, target.dtype, shape, target.ptr)
+    session.run_with_iobinding(binding)
+
+
 class KVCache:
     """Past keys/values for every layer, with room for `max_length` positions of `batch` rows."""
 
@@ -49,7 +66,6 @@ class KVCache:
         self.length = 0
         self._current = [_Buffer(batch * h * max_length * head_dim, self.dtype, device) for h in heads]
         self._other = [_Buffer(batch * h * max_length * head_dim, self.dtype, device) for h in heads]
-        self._gather: ort.InferenceSession | None = None
 
     def _shape(self, i: int, length: int) -> tuple[int, int, int, int]:
         return (self.batch, self.heads[i], length, self.head_dim)
@@ -78,23 +94,59 @@ class KVCache:
             if self.device == "cpu":
                 np.take(self._current[i].view(shape), beam_idx, axis=0, out=self._other[i].view(shape))
             else:
-                self._device_gather(self._current[i], self._other[i], shape, beam_idx)
+                _device_gather(self._current[i], self._other[i], shape, beam_idx)
         self._current, self._other = self._other, self._current
-
-    def _device_gather(self, source: _Buffer, target: _Buffer, shape: tuple[int, ...], beam_idx: np.ndarray) -> None:
-        if self._gather is None:
-            name = "float16" if self.dtype == np.float16 else "float32"
-            graph = (resources.files("runtime") / "assets" / f"gather_rows_{name}.onnx").read_bytes()
-            provider = "CUDAExecutionProvider"
-            self._gather = ort.InferenceSession(graph, providers=[provider, "CPUExecutionProvider"])
-        binding = self._gather.io_binding()
-        binding.bind_input("data", self.device, 0, self.dtype, shape, source.ptr)
-        binding.bind_cpu_input("indices", beam_idx)
-        binding.bind_output("gathered", self.device, 0, self.dtype, shape, target.ptr)
-        self._gather.run_with_iobinding(binding)
 
     def host_copy(self) -> list[np.ndarray]:
         """The past of every tensor as host arrays (tests and debugging)."""
         if self.device != "cpu":
             raise NotImplementedError("host_copy reads host buffers only")
         return [self._current[i].view(self._shape(i, self.length)).copy() for i in range(len(self.names))]
+
+
+class SharedKVCache:
+    """In-place cache for fused graphs whose attention writes new keys/values into the past buffer itself.
+
+    Layout: one buffer per tensor of shape (B, nh, max_length, hs), bound as both past_key_values.* and
+    present.*; row b's tokens occupy positions [0, lengths[b]) (ragged, right-aligned: no left padding).
+    A decode step therefore copies nothing; beam search gathers rows into a spare buffer and swaps.
+    """
+
+    def __init__(self, names: list[tuple[str, str]], heads: list[int], head_dim: int, batch: int, max_length: int,
+                 dtype: str, device: str):
+        self.names, self.heads = names, heads
+        self.head_dim, self.batch, self.max_length = head_dim, batch, max_length
+        self.dtype, self.device = NUMPY_TYPES[dtype], device
+        self.lengths = np.zeros(batch, dtype=np.int64)  # tokens held per row
+        self._buffers = [_Buffer(batch * h * max_length * head_dim, self.dtype, device) for h in heads]
+        self._spare: list[_Buffer] | None = None
+
+    def _shape(self, i: int) -> tuple[int, int, int, int]:
+        return (self.batch, self.heads[i], self.max_length, self.head_dim)
+
+    def bind(self, binding: ort.IOBinding, new_tokens: np.ndarray) -> None:
+        """Bind each tensor's buffer as both its past input and its present output."""
+        if int((self.lengths + new_tokens).max()) > self.max_length:
+            raise ValueError(f"the cache holds {self.max_length} positions per row; the next step would exceed it")
+        for i, (past, present) in enumerate(self.names):
+            binding.bind_input(past, self.device, 0, self.dtype, self._shape(i), self._buffers[i].ptr)
+            binding.bind_output(present, self.device, 0, self.dtype, self._shape(i), self._buffers[i].ptr)
+
+    def advance(self, new_tokens: np.ndarray) -> None:
+        """Row b now holds new_tokens[b] more positions."""
+        self.lengths = self.lengths + new_tokens
+
+    def reorder(self, beam_idx: np.ndarray) -> None:
+        """Row r becomes old row beam_idx[r], lengths included."""
+        beam_idx = np.ascontiguousarray(beam_idx, dtype=np.int64)
+        if self._spare is None:
+            self._spare = [_Buffer(self.batch * h * self.max_length * self.head_dim, self.dtype, self.device)
+                           for h in self.heads]
+        for i in range(len(self.names)):
+            shape = self._shape(i)
+            if self.device == "cpu":
+                np.take(self._buffers[i].view(shape), beam_idx, axis=0, out=self._spare[i].view(shape))
+            else:
+                _device_gather(self._buffers[i], self._spare[i], shape, beam_idx)
+        self._buffers, self._spare = self._spare, self._buffers
+        self.lengths = self.lengths[beam_idx]

@@ -89,8 +89,8 @@ class Manifest:
     """The contents of export.json."""
 
     head: str
-    variant: str  # "plain" for now
-    dtype: str  # "fp32" or "fp16"
+    variant: str  # "plain" (traced, the reference) or "fused" (fused attention, written node by node)
+    dtype: str  # "fp32" or "fp16": activations, KV cache and float weights
     opset: int
     model_file: str
     io: IOContract
@@ -99,6 +99,8 @@ class Manifest:
     tools: dict[str, str]
     source: str
     checkpoint: str | None = None  # the folder or hub id exported; None for the random-weight default
+    kv_cache: str = "growing"  # "growing": present = past + new; "shared": one in-place buffer (fused only)
+    weights: str = "float"  # "float" (as dtype), "int8" or "int4" (quantized MatMul weights)
     validation: dict[str, Any] | None = None
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
@@ -150,6 +152,8 @@ class Manifest:
                 tools=dict(data.get("tools", {})),
                 source=data.get("source", ""),
                 checkpoint=data.get("checkpoint"),
+                kv_cache=data.get("kv_cache", "growing"),
+                weights=data.get("weights", "float"),
                 validation=data.get("validation"),
             )
         except (KeyError, TypeError) as e:

@@ -18,7 +18,7 @@ import onnxruntime as ort
 
 from .decoding import GenerationOptions, generate
 from .manifest import Manifest
-from .onnx_decoder import OnnxDecoder
+from .onnx_decoder import OnnxDecoder, SharedCacheDecoder
 from .providers import DEVICE_OF, check_contract, create_session
 from .tokenizer import Tokenizer, TokenizerNotFoundError
 
@@ -134,7 +134,8 @@ class Model:
                 "max_new_tokens"
             )
         rows = ids.shape[0] * max(opts.num_beams, 1)
-        decoder = OnnxDecoder(self.session, self.manifest, self.device, rows, ids.shape[1] + opts.max_new_tokens)
+        decoder_class = SharedCacheDecoder if self.manifest.kv_cache == "shared" else OnnxDecoder
+        decoder = decoder_class(self.session, self.manifest, self.device, rows, ids.shape[1] + opts.max_new_tokens)
         eos = opts.eos_token_id if opts.eos_token_id is not None else self.eos_token_id
         pad = opts.pad_token_id if opts.pad_token_id is not None else self.pad_token_id
         return generate(decoder, ids, mask, opts, eos_token_id=eos, pad_token_id=pad, on_tokens=on_tokens)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 
-from .kv_cache import NUMPY_TYPES, KVCache
+from .kv_cache import NUMPY_TYPES, KVCache, SharedKVCache
 from .manifest import Manifest
 
 
@@ -49,6 +49,62 @@ class OnnxDecoder:
         self.session.run_with_iobinding(binding)
         self.cache.advance(t)
         return logits[:, -1].astype(np.float32)  # (B, V)
+
+    def reorder(self, beam_idx: np.ndarray) -> None:
+        """Beam search: row i of the cache becomes old row beam_idx[i]."""
+        self.cache.reorder(beam_idx)
+
+
+class SharedCacheDecoder:
+    """The Decoder of a fused graph with an in-place cache (kv_cache "shared", GroupQueryAttention).
+
+    It takes the same left-padded, transformers-style steps as OnnxDecoder and moves each row's real
+    tokens to the front (the graph's ragged layout), so the decoding loop cannot tell the two apart.
+    """
+
+    def __init__(self, session: ort.InferenceSession, manifest: Manifest, device: str, batch: int, max_length: int):
+        self.session = session
+        shape = manifest.shape
+        names = [(f"past_key_values.{i}.{kind}", f"present.{i}.{kind}")
+                 for i in range(shape.n_layer) for kind in ("key", "value")]
+        heads = [shape.n_head] * len(names)
+        float_type = "float16" if manifest.dtype == "fp16" else "float32"
+        self.logits_dtype = NUMPY_TYPES[float_type]
+        self.cache = SharedKVCache(names, heads, shape.head_dim, batch, max_length, float_type, device)
+        self.vocab_size = shape.vocab_size
+
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
+        """Logits (B, T, V) laid out like the inputs (left-padded); pad positions hold zeros."""
+        b, t = input_ids.shape
+        real = attention_mask[:, -t:].astype(bool)  # (B, T) the new tokens that are not padding
+        if self.cache.lengths.any() and not real.all():
+            raise ValueError("after the first step every new token must be real (attention_mask ones)")
+        counts = real.sum(-1)  # (B,)
+        width = int(counts.max())
+        ids = np.zeros((b, width), dtype=np.int64)
+        positions = np.zeros((b, width), dtype=np.int64)
+        for row in range(b):
+            ids[row, : counts[row]] = input_ids[row, real[row]]
+            positions[row, : counts[row]] = position_ids[row, real[row]]
+        lengths = self.cache.lengths + counts
+        mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)  # (B, total)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", mask)
+        binding.bind_cpu_input("position_ids", positions)
+        binding.bind_output("logits", "cpu")  # bound first: get_outputs() returns outputs in binding order
+        self.cache.bind(binding, counts)
+        self.session.run_with_iobinding(binding)
+        self.cache.advance(counts)
+        ragged = binding.get_outputs()[0].numpy()  # (B, width, V)
+        logits = np.zeros((b, t, ragged.shape[-1]), dtype=np.float32)
+        for row in range(b):
+            logits[row, real[row]] = ragged[row, : counts[row]]
+        return logits
+
+    def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
+        """Run one forward pass; returns (B, V) float32 logits of the last position."""
+        return self.forward(input_ids, attention_mask, position_ids)[:, -1]
 
     def reorder(self, beam_idx: np.ndarray) -> None:
         """Beam search: row i of the cache becomes old row beam_idx[i]."""

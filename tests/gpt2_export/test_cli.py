@@ -28,8 +28,8 @@ def test_export_then_validate(hf_checkpoints, tmp_path):
     out = tmp_path / "lm"
     result = CliRunner().invoke(main, ["export", "--model", str(hf_checkpoints["lm"]), "--output", str(out)])
     assert result.exit_code == 0, result.output
-    assert "exported lm (fp32, opset 17)" in result.output and "validated" in result.output
-    assert "[trace] done" in result.output and "[validate] done" in result.output  # progress per stage
+    assert "exported lm (fp32, opset 17, fused graph" in result.output and "validated" in result.output
+    assert "[build fused graph" in result.output and "[validate] done" in result.output  # progress per stage
     assert "ok   prefill (past 0)" in result.output
     result = CliRunner().invoke(main, ["validate", str(out)])
     assert result.exit_code == 0, result.output

@@ -157,7 +157,7 @@ def hf_checkpoints(tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def exports(hf_checkpoints, tmp_path_factory) -> dict[str, Path]:
-    """Validated fp32 export folders of the tiny checkpoints (lm, seq-cls, double-heads) and an fp16 lm."""
+    """Validated export folders of the tiny checkpoints: every head, and the lm's plain / in-place / fp16 variants."""
     from gpt2_export.export import ExportOptions, export
 
     root = tmp_path_factory.mktemp("exports")
@@ -165,4 +165,6 @@ def exports(hf_checkpoints, tmp_path_factory) -> dict[str, Path]:
     for head in ("lm", "seq-cls", "double-heads"):
         folders[head] = export(hf_checkpoints[head], root / head, ExportOptions(head=head)).folder
     folders["lm-fp16"] = export(hf_checkpoints["lm"], root / "lm-fp16", ExportOptions(dtype="fp16")).folder
+    folders["lm-plain"] = export(hf_checkpoints["lm"], root / "lm-plain", ExportOptions(variant="plain")).folder
+    folders["lm-shared"] = export(hf_checkpoints["lm"], root / "lm-shared", ExportOptions(kv_cache="shared")).folder
     return folders

@@ -17,10 +17,10 @@ from gpt2_export.export import ExportOptions, export
 ATOL = 1e-4
 
 
-@pytest.fixture(scope="module")
-def lm_export(hf_checkpoints, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("lm-export")
-    export(hf_checkpoints["lm"], folder, ExportOptions())
+@pytest.fixture(scope="module", params=["fused", "plain"])
+def lm_export(hf_checkpoints, tmp_path_factory, request):
+    folder = tmp_path_factory.mktemp(f"lm-export-{request.param}")
+    export(hf_checkpoints["lm"], folder, ExportOptions(variant=request.param))
     return folder
 
 

@@ -27,9 +27,10 @@ def hf_lm(hf_checkpoints):
     return transformers.GPT2LMHeadModel.from_pretrained(hf_checkpoints["lm"]).eval()
 
 
-@pytest.fixture(scope="module")
-def lm(exports):
-    return runtime.load(exports["lm"])
+@pytest.fixture(scope="module", params=["lm", "lm-plain", "lm-shared"])
+def lm(exports, request):
+    """The LM export in each graph variant: fused (default), plain (traced), fused with the in-place cache."""
+    return runtime.load(exports[request.param])
 
 
 def _batch():

@@ -1,0 +1,76 @@
+"""Every export variant validates against PyTorch: fused (default), plain, in-place cache, fp16, int8, int4."""
+
+from __future__ import annotations
+
+import onnx
+import pytest
+
+from gpt2_export.export import ExportError, ExportOptions, export
+from runtime.manifest import Manifest
+
+VARIANTS = {
+    "fused (default)": dict(),
+    "plain": dict(variant="plain"),
+    "fused, in-place cache": dict(kv_cache="shared"),
+    "fused fp16": dict(dtype="fp16"),
+    "fused, in-place cache, fp16": dict(kv_cache="shared", dtype="fp16"),
+    "int8 weights": dict(weights="int8"),
+    "int4 weights": dict(weights="int4"),
+}
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_each_variant_validates_and_records_itself(hf_checkpoints, tmp_path, name):
+    options = ExportOptions(**VARIANTS[name])
+    result = export(hf_checkpoints["lm"], tmp_path, options)
+    assert result.validation.passed
+    manifest = Manifest.load(tmp_path)
+    assert manifest.variant == ("plain" if options.variant == "plain" else "fused")
+    assert (manifest.kv_cache, manifest.weights, manifest.dtype) == (options.kv_cache, options.weights, options.dtype)
+    assert manifest.validation["greedy"]["argmax_agreement"] is not None
+
+
+def test_the_fused_graph_has_one_attention_op_per_layer(hf_checkpoints, tmp_path):
+    export(hf_checkpoints["lm"], tmp_path / "growing", ExportOptions(validate=False))
+    export(hf_checkpoints["lm"], tmp_path / "shared", ExportOptions(validate=False, kv_cache="shared"))
+    for folder, op in (("growing", "MultiHeadAttention"), ("shared", "GroupQueryAttention")):
+        ops = [n.op_type for n in onnx.load(str(tmp_path / folder / "model.onnx")).graph.node]
+        assert ops.count(op) == 2  # the tiny checkpoint has 2 layers
+        assert ops.count("SkipLayerNormalization") == 5 and ops.count("FastGelu") == 2
+        assert "Softmax" not in ops
+
+
+def test_quantized_weights_use_the_int_kernels(hf_checkpoints, tmp_path):
+    export(hf_checkpoints["lm"], tmp_path / "int4", ExportOptions(weights="int4", validate=False))
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "int4" / "model.onnx")).graph.node]
+    assert ops.count("MatMulNBits") == 9  # 4 per layer + the LM head
+    export(hf_checkpoints["lm"], tmp_path / "int8", ExportOptions(weights="int8", validate=False))
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node]
+    assert ops.count("MatMulInteger") == 9
+
+
+def test_heads_without_a_fused_graph_export_plain(hf_checkpoints, tmp_path):
+    result = export(hf_checkpoints["seq-cls"], tmp_path, ExportOptions(head="seq-cls"))
+    assert result.manifest.variant == "plain" and result.validation.passed
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(variant="plain", kv_cache="shared"), "need the fused graph"),
+    (dict(head="seq-cls", weights="int8"), "need the fused graph"),
+    (dict(weights="int4", dtype="fp16"), "quantizes an fp32 graph"),
+    (dict(kv_cache="paged"), "unknown kv_cache 'paged'"),
+    (dict(weights="int2"), "unknown weights 'int2'"),
+])
+def test_impossible_combinations_are_refused(options, message):
+    with pytest.raises(ExportError, match=message):
+        ExportOptions(**options)
+
+
+def test_a_model_the_fused_graph_cannot_express_falls_back_to_plain(tmp_path):
+    from tests.conftest import write_hf_checkpoint
+
+    checkpoint = write_hf_checkpoint(tmp_path / "silu", "lm", activation_function="silu")
+    result = export(checkpoint, tmp_path / "auto", ExportOptions())
+    assert result.manifest.variant == "plain" and result.validation.passed
+    with pytest.raises(ExportError, match="activation_function 'silu' has no fused kernel"):
+        export(checkpoint, tmp_path / "forced", ExportOptions(variant="fused"))

@@ -1,8 +1,9 @@
 """The embeddable API: `runtime.load(folder)` returns a Model that generates, streams, classifies and scores.
 
 Modelled on onnxruntime-genai's small surface (Model, Tokenizer, options as one object). A loaded
-Model holds only immutable state (session, manifest, tokenizer); every call builds its own decoder
-and cache, so one Model serves many threads. Shape legend: B batch, T tokens.
+Model holds only immutable state (backend, manifest, tokenizer); every call builds its own decoder
+and cache, so one Model serves many threads. The backend is ONNX Runtime (any provider) or, for an
+engine folder, native TensorRT. Shape legend: B batch, T tokens.
 """
 
 from __future__ import annotations
@@ -14,15 +15,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from .decoding import GenerationOptions, generate
 from .manifest import Manifest
-from .onnx_decoder import OnnxDecoder, SharedCacheDecoder
+from .onnx_decoder import OnnxRuntimeBackend
 from .providers import DEVICE_OF, check_contract, create_session
 from .tokenizer import Tokenizer, TokenizerNotFoundError
 
 GENERATING_HEADS = ("lm",)
+ENGINE_MANIFEST = "engine.json"  # written by `gpt2-export build-engine` beside the serialized engine
 
 
 @dataclass
@@ -37,19 +38,10 @@ class Classification:
 class Model:
     """An exported GPT-2 folder loaded on an ONNX Runtime provider."""
 
-    def __init__(
-        self,
-        folder: Path,
-        manifest: Manifest,
-        session: ort.InferenceSession,
-        provider: str,
-        tokenizer: Tokenizer | None,
-    ):
+    def __init__(self, folder: Path, manifest: Manifest, backend, tokenizer: Tokenizer | None):
         self.folder = folder
         self.manifest = manifest
-        self.session = session
-        self.provider = provider
-        self.device = DEVICE_OF[provider]
+        self.backend = backend  # OnnxRuntimeBackend or runtime.tensorrt_backend.TensorRTBackend
         self._tokenizer = tokenizer
 
     # ---- properties ----------------------------------------------------------------------------
@@ -134,8 +126,7 @@ class Model:
                 "max_new_tokens"
             )
         rows = ids.shape[0] * max(opts.num_beams, 1)
-        decoder_class = SharedCacheDecoder if self.manifest.kv_cache == "shared" else OnnxDecoder
-        decoder = decoder_class(self.session, self.manifest, self.device, rows, ids.shape[1] + opts.max_new_tokens)
+        decoder = self.backend.decoder(rows, ids.shape[1] + opts.max_new_tokens)
         eos = opts.eos_token_id if opts.eos_token_id is not None else self.eos_token_id
         pad = opts.pad_token_id if opts.pad_token_id is not None else self.pad_token_id
         return generate(decoder, ids, mask, opts, eos_token_id=eos, pad_token_id=pad, on_tokens=on_tokens)
@@ -226,8 +217,7 @@ class Model:
         for i in range(shape.n_layer):
             for kind in ("key", "value"):
                 full.setdefault(f"past_key_values.{i}.{kind}", np.zeros((rows, heads[i], 0, shape.head_dim), dtype))
-        names = [o.name for o in self.session.get_outputs()]
-        return dict(zip(names, self.session.run(None, full), strict=True))
+        return self.backend.run(full)
 
     def classify(self, texts: str | list[str]) -> Classification:
         """Sequence-classification exports: label probabilities per text (softmax, or sigmoid for multi-label)."""
@@ -264,14 +254,20 @@ class Model:
 
 
 def load(folder: str | Path, provider: str = "cpu", threads: int | None = None) -> Model:
-    """Load an export folder: read export.json, check the graph against it, open the tokenizer."""
+    """Load an export folder (or a TensorRT engine folder): read its manifest, check the graph, open the tokenizer."""
     folder = Path(folder)
-    manifest = Manifest.load(folder)
-    model_path = folder / manifest.model_file
-    session = create_session(model_path, provider, threads)
-    check_contract(session, manifest.io, model_path)
+    if (folder / ENGINE_MANIFEST).is_file():
+        from .tensorrt_backend import load_engine
+
+        manifest, backend = load_engine(folder)
+    else:
+        manifest = Manifest.load(folder)
+        model_path = folder / manifest.model_file
+        session = create_session(model_path, provider, threads)
+        check_contract(session, manifest.io, model_path)
+        backend = OnnxRuntimeBackend(session, manifest, provider, DEVICE_OF[provider])
     try:
         tokenizer = Tokenizer.from_folder(folder)
     except TokenizerNotFoundError:
         tokenizer = None
-    return Model(folder, manifest, session, provider, tokenizer)
+    return Model(folder, manifest, backend, tokenizer)

@@ -1,4 +1,4 @@
-"""The Decoder of an exported LM graph on ONNX Runtime: IOBinding, preallocated logits, the KV cache.
+"""ONNX Runtime backend: the Decoders of exported LM graphs (IOBinding, preallocated logits, the KV cache).
 
 One OnnxDecoder serves one generation call (per-call state), so a loaded model can decode from
 several threads at once: onnxruntime's InferenceSession.run is thread-safe.
@@ -109,3 +109,21 @@ class SharedCacheDecoder:
     def reorder(self, beam_idx: np.ndarray) -> None:
         """Beam search: row i of the cache becomes old row beam_idx[i]."""
         self.cache.reorder(beam_idx)
+
+
+class OnnxRuntimeBackend:
+    """An export folder's graph on one ONNX Runtime session: decoders for generation, raw calls for other heads."""
+
+    def __init__(self, session: ort.InferenceSession, manifest: Manifest, provider: str, device: str):
+        self.session, self.manifest, self.provider, self.device = session, manifest, provider, device
+        self.name = f"onnxruntime:{provider}"
+
+    def decoder(self, batch: int, max_length: int) -> OnnxDecoder | SharedCacheDecoder:
+        """A fresh per-call decoder with room for max_length positions of batch rows."""
+        cls = SharedCacheDecoder if self.manifest.kv_cache == "shared" else OnnxDecoder
+        return cls(self.session, self.manifest, self.device, batch, max_length)
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """One plain call of the graph; every input must be given."""
+        names = [o.name for o in self.session.get_outputs()]
+        return dict(zip(names, self.session.run(None, feeds), strict=True))

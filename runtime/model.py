@@ -125,7 +125,7 @@ class Model:
                 f"{ids.shape[1] + opts.max_new_tokens} exceeds n_positions {limit}: shorten the prompt or lower "
                 "max_new_tokens"
             )
-        rows = ids.shape[0] * max(opts.num_beams, 1)
+        rows = ids.shape[0] * max(opts.num_beams, opts.num_return_sequences)
         decoder = self.backend.decoder(rows, ids.shape[1] + opts.max_new_tokens)
         eos = opts.eos_token_id if opts.eos_token_id is not None else self.eos_token_id
         pad = opts.pad_token_id if opts.pad_token_id is not None else self.pad_token_id

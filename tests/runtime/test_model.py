@@ -88,6 +88,13 @@ def test_seeded_sampling_is_reproducible(lm):
     assert not np.array_equal(first, lm.generate(ids, mask, seed=8, **options))
 
 
+def test_sampling_several_sequences_per_prompt(lm):
+    ids, mask = _batch()
+    out = lm.generate(ids, mask, max_new_tokens=5, do_sample=True, num_return_sequences=2, seed=3, temperature=5.0)
+    assert out.shape == (6, 11)
+    np.testing.assert_array_equal(out[::2, :6], ids)
+
+
 def test_streaming_text_equals_the_full_decode(lm):
     prompt = "the cat sat on the"
     pieces = list(lm.stream(prompt, max_new_tokens=16))

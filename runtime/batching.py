@@ -1,0 +1,385 @@
+"""Continuous batching: requests join the running batch at step boundaries and leave as they finish.
+
+One engine thread owns the model's decoding. Each request gets a cache slot and its own options
+(greedy or sampling, with its own seeded generator). With an in-place cache export (`--kv-cache
+shared`) every decode step runs all slots as one batch: the cache is one (max_batch, nh, max_length,
+hs) buffer per tensor and rows are independent ragged sequences, so a request that joins is prefilled
+alone (batch 1, exactly as `model.generate` would) and its keys/values are copied into a free slot.
+Rows never mix, and ONNX Runtime's CPU kernels compute each row the same whatever the batch, so a
+greedy request's tokens equal the same request run alone. Other exports (growing cache) cannot share
+a batch without re-padding every cache, so their requests are interleaved step by step instead, each
+on its own decoder: the same tokens, without the batching speed-up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .decoding import GenerationOptions, _draw, _log_softmax, logits_processors
+from .kv_cache import SharedKVCache
+from .model import Model
+from .onnx_decoder import OnnxRuntimeBackend, SharedCacheDecoder
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """One completion: prompt token ids and its own decoding options."""
+
+    prompt_ids: tuple[int, ...]
+    max_new_tokens: int
+    temperature: float = 0.0  # 0 = greedy
+    top_k: int = 0  # 0 disables
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_ids: tuple[int, ...] | None = None  # None: the model's eos
+    logprobs: bool = False
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """A decoded token, or the end of a request."""
+
+    token_id: int | None  # None only on a final event without a token (cancel, error)
+    logprob: float | None
+    finish_reason: str | None  # None while running; "stop" | "length" | "cancelled" | "error"
+    time: float  # time.perf_counter() when produced
+    error: str | None = None
+
+
+class QueueFullError(RuntimeError):
+    """The waiting queue is at max_queue; retry after `retry_after` seconds."""
+
+    def __init__(self, depth: int, retry_after: float):
+        super().__init__(f"the queue holds {depth} waiting requests (max_queue): retry after {retry_after:.0f} s")
+        self.retry_after = retry_after
+
+
+@dataclass
+class EngineStats:
+    """A snapshot for /metrics."""
+
+    queue_depth: int
+    active: int
+    max_batch: int
+    last_batch_size: int
+    steps: int
+    tokens_generated: int
+
+
+class RequestHandle:
+    """The caller's side of a request: its events, and a way to cancel it."""
+
+    _ids = itertools.count()
+
+    def __init__(self, request: CompletionRequest, loop: asyncio.AbstractEventLoop | None):
+        self.request = request
+        self.request_id = f"cmpl-{next(self._ids)}"
+        self.cancelled = threading.Event()
+        self._loop = loop
+        self._sync: queue.Queue[TokenEvent] = queue.Queue()
+        self._async: asyncio.Queue[TokenEvent] | None = asyncio.Queue() if loop is not None else None
+
+    def _deliver(self, event: TokenEvent) -> None:
+        if self._async is not None:
+            self._loop.call_soon_threadsafe(self._async.put_nowait, event)
+        else:
+            self._sync.put(event)
+
+    def events(self, timeout: float | None = None) -> Iterator[TokenEvent]:
+        """Blocking iterator over the events, ending after the final one (submit from a thread, not a loop)."""
+        if self._async is not None:
+            raise RuntimeError("this request was submitted from an event loop: iterate aevents() instead")
+        while True:
+            event = self._sync.get(timeout=timeout)
+            yield event
+            if event.finish_reason is not None:
+                return
+
+    async def aevents(self) -> AsyncIterator[TokenEvent]:
+        """The same events for asyncio code (submit from inside the running loop)."""
+        if self._async is None:
+            raise RuntimeError("this request was submitted outside an event loop: iterate events() instead")
+        while True:
+            event = await self._async.get()
+            yield event
+            if event.finish_reason is not None:
+                return
+
+    def cancel(self) -> None:
+        """Stop generating; the slot is freed at the next step boundary."""
+        self.cancelled.set()
+
+
+@dataclass
+class _Active:
+    """A request holding a slot."""
+
+    handle: RequestHandle
+    options: GenerationOptions
+    processors: list
+    rng: np.random.Generator
+    stops: set[int]
+    tokens: list[int] = field(default_factory=list)  # prompt + generated
+    generated: int = 0
+    decoder: object = None  # interleaved mode: the request's own decoder
+
+
+class BatchEngine:
+    """Schedules completion requests over one loaded Model."""
+
+    def __init__(self, model: Model, max_batch: int = 8, max_queue: int = 64):
+        if max_batch < 1 or max_queue < 0:
+            raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
+        if model.manifest.head != "lm":
+            raise ValueError(f"serving needs an lm export, not {model.manifest.head!r}: re-export with --head lm")
+        self.model = model
+        self.shape = model.manifest.shape
+        self.max_batch, self.max_queue = max_batch, max_queue
+        self.batched = model.manifest.kv_cache == "shared" and isinstance(model.backend, OnnxRuntimeBackend)
+        self._queue: deque[RequestHandle] = deque()
+        self._wake = threading.Condition()
+        self._slots: list[_Active | None] = [None] * max_batch
+        self._accepting = True
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._cache: SharedKVCache | None = None
+        self._steps = self._tokens = self._last_batch = 0
+
+    # ---- public API ------------------------------------------------------------------------------
+
+    @property
+    def accepting(self) -> bool:
+        return self._accepting
+
+    def start(self) -> None:
+        """Start the engine thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="batch-engine", daemon=True)
+            self._thread.start()
+
+    def submit(self, request: CompletionRequest) -> RequestHandle:
+        """Queue a request; raises ValueError for bad requests and QueueFullError past max_queue."""
+        self._validate(request)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        handle = RequestHandle(request, loop)
+        with self._wake:
+            if not self._accepting:
+                raise RuntimeError("the engine is shutting down and takes no new requests")
+            if len(self._queue) >= self.max_queue and self.max_queue >= 0 and not self._free_slot_available():
+                raise QueueFullError(len(self._queue), retry_after=1.0)
+            self._queue.append(handle)
+            self._wake.notify()
+        return handle
+
+    def stats(self) -> EngineStats:
+        """Queue depth, active slots and counters."""
+        active = sum(slot is not None for slot in self._slots)
+        return EngineStats(len(self._queue), active, self.max_batch, self._last_batch, self._steps, self._tokens)
+
+    def shutdown(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop taking requests; finish the ones queued and in flight (drain) or cancel them."""
+        with self._wake:
+            self._accepting = False
+            if not drain:
+                for handle in self._queue:
+                    handle.cancel()
+                for slot in self._slots:
+                    if slot is not None:
+                        slot.handle.cancel()
+            self._stop = True
+            self._wake.notify()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    # ---- validation ------------------------------------------------------------------------------
+
+    def _validate(self, request: CompletionRequest) -> None:
+        n, vocab, limit = len(request.prompt_ids), self.shape.vocab_size, self.shape.n_positions
+        if n == 0:
+            raise ValueError("the prompt is empty: give at least one token")
+        bad = [t for t in request.prompt_ids if not 0 <= int(t) < vocab]
+        if bad:
+            raise ValueError(f"token id {bad[0]} is out of range for vocab_size {vocab}: ids must be in [0, {vocab})")
+        if request.temperature < 0:
+            raise ValueError(f"temperature={request.temperature} must be >= 0 (0 = greedy)")
+        if request.max_new_tokens < 1:
+            raise ValueError(f"max_tokens={request.max_new_tokens} must be >= 1")
+        if n + request.max_new_tokens > limit:
+            raise ValueError(
+                f"prompt of {n} tokens + max_tokens {request.max_new_tokens} = {n + request.max_new_tokens} "
+                f"exceeds n_positions {limit}: shorten the prompt or lower max_tokens"
+            )
+        self._options(request)  # temperature / top_p / top_k checks, with GenerationOptions' messages
+
+    def _options(self, request: CompletionRequest) -> GenerationOptions:
+        sampling = request.temperature > 0
+        return GenerationOptions(
+            max_new_tokens=request.max_new_tokens,
+            do_sample=sampling,
+            temperature=request.temperature if sampling else 1.0,
+            top_k=request.top_k or None,
+            top_p=request.top_p,
+            seed=request.seed,
+        )
+
+    def _free_slot_available(self) -> bool:
+        return any(slot is None for slot in self._slots)
+
+    # ---- the engine thread -----------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not any(self._slots) and not self._stop:
+                    self._wake.wait()
+                if self._stop and not self._queue and not any(self._slots):
+                    return
+                joining = []
+                while self._queue and self._free_slot_available():
+                    joining.append((self._slots.index(None), self._queue.popleft()))
+                    self._slots[joining[-1][0]] = _RESERVED
+            for slot, handle in joining:
+                self._join(slot, handle)
+            self._drop_cancelled()
+            if any(self._slots):
+                try:
+                    self._step()
+                except Exception as e:  # a failed step ends every request in it, with the reason
+                    self._fail_all(f"{type(e).__name__}: {e}")
+
+    def _join(self, slot: int, handle: RequestHandle) -> None:
+        """Prefill a request alone and give it `slot`; its first token comes from the prefill."""
+        request = handle.request
+        if handle.cancelled.is_set():
+            self._slots[slot] = None
+            handle._deliver(TokenEvent(None, None, "cancelled", time.perf_counter()))
+            return
+        try:
+            options = self._options(request)
+            eos = self.shape.eos_token_id
+            stops = set(request.stop_token_ids) if request.stop_token_ids is not None else set(
+                eos if isinstance(eos, list) else ([eos] if eos is not None else []))
+            eos_array = np.array(sorted(stops), dtype=np.int64) if stops else None
+            active = _Active(handle, options, logits_processors(options, eos_array, len(request.prompt_ids)),
+                             np.random.default_rng(request.seed), stops, list(request.prompt_ids))
+            ids = np.array([request.prompt_ids], dtype=np.int64)
+            n = ids.shape[1]
+            if self.batched:
+                decoder = SharedCacheDecoder(self.model.backend.session, self.model.manifest, "cpu", 1,
+                                             n + request.max_new_tokens)
+                logits = decoder.step(ids, np.ones_like(ids), np.arange(n)[None])
+                self._copy_into_slot(decoder.cache, slot, n)
+            else:
+                active.decoder = self.model.backend.decoder(1, n + request.max_new_tokens)
+                logits = active.decoder.step(ids, np.ones_like(ids), np.arange(n)[None])
+            self._slots[slot] = active
+            self._emit(slot, active, logits[0])
+        except Exception as e:
+            self._slots[slot] = None
+            handle._deliver(TokenEvent(None, None, "error", time.perf_counter(), error=f"{type(e).__name__}: {e}"))
+
+    def _batch_cache(self) -> SharedKVCache:
+        if self._cache is None:
+            names = [(f"past_key_values.{i}.{k}", f"present.{i}.{k}") for i in range(self.shape.n_layer)
+                     for k in ("key", "value")]
+            dtype = "float16" if self.model.manifest.dtype == "fp16" else "float32"
+            self._cache = SharedKVCache(names, [self.shape.n_head] * len(names), self.shape.head_dim,
+                                        self.max_batch, self.shape.n_positions, dtype, "cpu")
+        return self._cache
+
+    def _copy_into_slot(self, source: SharedKVCache, slot: int, length: int) -> None:
+        """The prefilled keys/values of a batch-1 cache into row `slot` of the batch cache."""
+        target = self._batch_cache()
+        for i in range(len(target.names)):
+            src = source._buffers[i].view(source._shape(i))  # (1, nh, L, hs)
+            dst = target._buffers[i].view(target._shape(i))  # (max_batch, nh, max_length, hs)
+            dst[slot, :, :length] = src[0, :, :length]
+        target.lengths[slot] = length
+
+    def _step(self) -> None:
+        """One decode step for every active request."""
+        slots = [i for i, s in enumerate(self._slots) if s is not None and s is not _RESERVED]
+        self._last_batch = len(slots)
+        self._steps += 1
+        if not self.batched:
+            for i in slots:
+                active = self._slots[i]
+                n = len(active.tokens)
+                logits = active.decoder.step(np.array([[active.tokens[-1]]]), np.ones((1, n), np.int64),
+                                             np.array([[n - 1]]))
+                self._emit(i, active, logits[0])
+            return
+        cache = self._batch_cache()
+        b = self.max_batch
+        ids = np.zeros((b, 1), dtype=np.int64)
+        positions = np.zeros((b, 1), dtype=np.int64)
+        new = np.zeros(b, dtype=np.int64)
+        for i in slots:
+            ids[i, 0] = self._slots[i].tokens[-1]
+            positions[i, 0] = cache.lengths[i]
+            new[i] = 1
+        idle = new == 0
+        cache.lengths[idle] = 0  # idle rows attend to one garbage token of their own; never read
+        lengths = cache.lengths + 1
+        mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)
+        binding = self.model.backend.session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", mask)
+        binding.bind_cpu_input("position_ids", positions)
+        binding.bind_output("logits", "cpu")
+        cache.bind(binding, np.ones(b, dtype=np.int64))
+        self.model.backend.session.run_with_iobinding(binding)
+        cache.advance(new)
+        logits = binding.get_outputs()[0].numpy()[:, -1].astype(np.float32)  # (max_batch, V)
+        for i in slots:
+            self._emit(i, self._slots[i], logits[i])
+
+    def _emit(self, slot: int, active: _Active, logits: np.ndarray) -> None:
+        """Choose the next token of one request, deliver it, and free the slot when the request ends."""
+        history = np.array([active.tokens], dtype=np.int64)
+        scores = logits[None, :]
+        for processor in active.processors:
+            scores = processor(history, scores)
+        if active.options.do_sample:
+            token = int(_draw(scores, active.rng, active.generated)[0])
+        else:
+            token = int(np.argmax(scores[0]))
+        logprob = float(_log_softmax(logits[None, :])[0, token]) if active.handle.request.logprobs else None
+        active.tokens.append(token)
+        active.generated += 1
+        self._tokens += 1
+        finish = None
+        if token in active.stops:
+            finish = "stop"
+        elif active.generated >= active.options.max_new_tokens:
+            finish = "length"
+        active.handle._deliver(TokenEvent(token, logprob, finish, time.perf_counter()))
+        if finish is not None:
+            self._slots[slot] = None
+
+    def _drop_cancelled(self) -> None:
+        for i, active in enumerate(self._slots):
+            if active is not None and active is not _RESERVED and active.handle.cancelled.is_set():
+                self._slots[i] = None
+                active.handle._deliver(TokenEvent(None, None, "cancelled", time.perf_counter()))
+
+    def _fail_all(self, reason: str) -> None:
+        for i, active in enumerate(self._slots):
+            if active is not None and active is not _RESERVED:
+                self._slots[i] = None
+                active.handle._deliver(TokenEvent(None, None, "error", time.perf_counter(), error=reason))
+
+
+_RESERVED = object()  # a slot taken by a request being prefilled

@@ -1,0 +1,134 @@
+"""Continuous batching: every request gets exactly the tokens it would get alone, whatever else is running."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+import runtime
+from runtime.batching import BatchEngine, CompletionRequest, QueueFullError
+
+
+@pytest.fixture(scope="module", params=["lm-shared", "lm"])
+def model(exports, request):
+    """The in-place cache export (batched) and the growing-cache export (interleaved)."""
+    return runtime.load(exports[request.param])
+
+
+PROMPTS = [[5, 17, 42, 99, 7, 250], [80, 81, 82], [12, 13, 14, 15, 16, 17, 18, 19], [3], [200, 100, 50, 25]]
+
+
+def _alone(model, prompt, **options):
+    return model.generate(np.array([prompt]), **options)[0, len(prompt):].tolist()
+
+
+def _collect(handle):
+    return [e for e in handle.events(timeout=60)]
+
+
+def test_concurrent_greedy_requests_equal_each_request_alone(model):
+    engine = BatchEngine(model, max_batch=3, max_queue=16)
+    engine.start()
+    try:
+        lengths = [9, 4, 12, 7, 10, 5, 11, 6]
+        handles = [engine.submit(CompletionRequest(tuple(PROMPTS[i % 5]), lengths[i])) for i in range(8)]
+        results = [[e.token_id for e in _collect(h) if e.token_id is not None] for h in handles]
+    finally:
+        engine.shutdown()
+    for i, tokens in enumerate(results):
+        expected = _alone(model, PROMPTS[i % 5], max_new_tokens=lengths[i], eos_token_id=None)
+        stop = model.eos_token_id
+        expected_until_eos = expected[: expected.index(stop) + 1] if stop in expected else expected
+        assert tokens == expected_until_eos, f"request {i}"
+    assert engine.stats().steps > 0
+
+
+def test_requests_that_join_mid_stream_are_unaffected(model):
+    engine = BatchEngine(model, max_batch=4, max_queue=16)
+    engine.start()
+    try:
+        first = engine.submit(CompletionRequest(tuple(PROMPTS[0]), 20))
+        time.sleep(0.05)
+        later = [engine.submit(CompletionRequest(tuple(p), 6)) for p in PROMPTS[1:4]]
+        tokens = [[e.token_id for e in _collect(h)] for h in [first, *later]]
+    finally:
+        engine.shutdown()
+    for prompt, got, n in zip(PROMPTS[:4], tokens, [20, 6, 6, 6], strict=True):
+        assert got == _alone(model, prompt, max_new_tokens=n, eos_token_id=None)[: len(got)]
+
+
+def test_seeded_sampling_equals_the_same_request_alone(model):
+    engine = BatchEngine(model, max_batch=2)
+    engine.start()
+    try:
+        options = dict(temperature=5.0, top_k=40, top_p=0.95, seed=11)
+        handles = [engine.submit(CompletionRequest(tuple(PROMPTS[1]), 8, **options)) for _ in range(2)]
+        runs = [[e.token_id for e in _collect(h)] for h in handles]
+    finally:
+        engine.shutdown()
+    alone = _alone(model, PROMPTS[1], max_new_tokens=8, do_sample=True, temperature=5.0, top_k=40, top_p=0.95,
+                   seed=11, eos_token_id=None)
+    assert runs[0] == runs[1] == alone[: len(runs[0])]
+
+
+def test_logprobs_are_log_softmax_of_the_logits(model):
+    engine = BatchEngine(model, max_batch=2)
+    engine.start()
+    try:
+        events = _collect(engine.submit(CompletionRequest(tuple(PROMPTS[0]), 3, logprobs=True)))
+    finally:
+        engine.shutdown()
+    assert all(e.logprob is not None and e.logprob <= 0 for e in events)
+
+
+def test_a_cancelled_request_frees_its_slot(model):
+    engine = BatchEngine(model, max_batch=1, max_queue=4)
+    engine.start()
+    try:
+        long = engine.submit(CompletionRequest(tuple(PROMPTS[0]), 50))
+        waiting = engine.submit(CompletionRequest(tuple(PROMPTS[1]), 3))
+        next(long.events(timeout=30))
+        long.cancel()
+        assert [e.finish_reason for e in long.events(timeout=30)][-1] == "cancelled"
+        assert _collect(waiting)[-1].finish_reason in ("length", "stop")
+    finally:
+        engine.shutdown()
+
+
+def test_the_queue_is_bounded(model):
+    engine = BatchEngine(model, max_batch=1, max_queue=2)  # not started: nothing leaves the queue
+    for _ in range(2):
+        engine.submit(CompletionRequest((1, 2), 2))
+    engine._slots[0] = object()  # the only slot is busy
+    with pytest.raises(QueueFullError, match="retry after") as info:
+        engine.submit(CompletionRequest((1, 2), 2))
+    assert info.value.retry_after > 0
+
+
+def test_shutdown_drains_in_flight_requests_and_refuses_new_ones(model):
+    engine = BatchEngine(model, max_batch=2)
+    engine.start()
+    handles = [engine.submit(CompletionRequest(tuple(p), 8)) for p in PROMPTS[:3]]
+    stopper = threading.Thread(target=engine.shutdown)
+    stopper.start()
+    stopper.join(60)
+    assert all(_collect(h)[-1].finish_reason in ("length", "stop") for h in handles)
+    with pytest.raises(RuntimeError, match="shutting down"):
+        engine.submit(CompletionRequest((1,), 1))
+
+
+@pytest.mark.parametrize("request_kwargs, message", [
+    (dict(prompt_ids=(), max_new_tokens=2), "the prompt is empty"),
+    (dict(prompt_ids=(1, 317), max_new_tokens=2), "token id 317 is out of range for vocab_size 317"),
+    (dict(prompt_ids=(1,) * 60, max_new_tokens=10), "prompt of 60 tokens \\+ max_tokens 10 = 70 exceeds n_positions 64"),
+    (dict(prompt_ids=(1,), max_new_tokens=0), "max_tokens=0 must be >= 1"),
+    (dict(prompt_ids=(1,), max_new_tokens=2, temperature=-1.0), "temperature=-1.0 must be >= 0"),
+    (dict(prompt_ids=(1,), max_new_tokens=2, temperature=1.0, top_p=2.0), "top_p"),
+])
+def test_bad_requests_are_refused_with_the_numbers(model, request_kwargs, message):
+    engine = BatchEngine(model, max_batch=1)
+    with pytest.raises(ValueError, match=message):
+        engine.submit(CompletionRequest(**request_kwargs))

@@ -22,7 +22,7 @@ PROMPTS = [[5, 17, 42, 99, 7, 250], [80, 81, 82], [12, 13, 14, 15, 16, 17, 18, 1
 
 
 def _alone(model, prompt, **options):
-    return model.generate(np.array([prompt]), **options)[0, len(prompt):].tolist()
+    return model.generate(np.array([prompt]), **options)[0, len(prompt) :].tolist()
 
 
 def _collect(handle):
@@ -69,8 +69,17 @@ def test_seeded_sampling_equals_the_same_request_alone(model):
         runs = [[e.token_id for e in _collect(h)] for h in handles]
     finally:
         engine.shutdown()
-    alone = _alone(model, PROMPTS[1], max_new_tokens=8, do_sample=True, temperature=5.0, top_k=40, top_p=0.95,
-                   seed=11, eos_token_id=None)
+    alone = _alone(
+        model,
+        PROMPTS[1],
+        max_new_tokens=8,
+        do_sample=True,
+        temperature=5.0,
+        top_k=40,
+        top_p=0.95,
+        seed=11,
+        eos_token_id=None,
+    )
     assert runs[0] == runs[1] == alone[: len(runs[0])]
 
 
@@ -120,14 +129,20 @@ def test_shutdown_drains_in_flight_requests_and_refuses_new_ones(model):
         engine.submit(CompletionRequest((1,), 1))
 
 
-@pytest.mark.parametrize("request_kwargs, message", [
-    (dict(prompt_ids=(), max_new_tokens=2), "the prompt is empty"),
-    (dict(prompt_ids=(1, 317), max_new_tokens=2), "token id 317 is out of range for vocab_size 317"),
-    (dict(prompt_ids=(1,) * 60, max_new_tokens=10), "prompt of 60 tokens \\+ max_tokens 10 = 70 exceeds n_positions 64"),
-    (dict(prompt_ids=(1,), max_new_tokens=0), "max_tokens=0 must be >= 1"),
-    (dict(prompt_ids=(1,), max_new_tokens=2, temperature=-1.0), "temperature=-1.0 must be >= 0"),
-    (dict(prompt_ids=(1,), max_new_tokens=2, temperature=1.0, top_p=2.0), "top_p"),
-])
+@pytest.mark.parametrize(
+    "request_kwargs, message",
+    [
+        (dict(prompt_ids=(), max_new_tokens=2), "the prompt is empty"),
+        (dict(prompt_ids=(1, 317), max_new_tokens=2), "token id 317 is out of range for vocab_size 317"),
+        (
+            dict(prompt_ids=(1,) * 60, max_new_tokens=10),
+            "prompt of 60 tokens \\+ max_tokens 10 = 70 exceeds n_positions 64",
+        ),
+        (dict(prompt_ids=(1,), max_new_tokens=0), "max_tokens=0 must be >= 1"),
+        (dict(prompt_ids=(1,), max_new_tokens=2, temperature=-1.0), "temperature=-1.0 must be >= 0"),
+        (dict(prompt_ids=(1,), max_new_tokens=2, temperature=1.0, top_p=2.0), "top_p"),
+    ],
+)
 def test_bad_requests_are_refused_with_the_numbers(model, request_kwargs, message):
     engine = BatchEngine(model, max_batch=1)
     with pytest.raises(ValueError, match=message):

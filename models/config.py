@@ -141,20 +141,7 @@ class GPT2Config:
     @classmethod
     def from_dict(cls, data: dict[str, Any], **overrides: Any) -> GPT2Config:
         """Build a config from a config.json dict (Hugging Face 4.x or 5.x layout); unknown keys go to `extra`."""
-        data = {**copy.deepcopy(data), **overrides}
-        for alias, name in ATTRIBUTE_MAP.items():
-            if alias in data:
-                data.setdefault(name, data.pop(alias))
-        if "_attn_implementation" in data:
-            data.setdefault("attn_implementation", data.pop("_attn_implementation"))
-        data.pop("label2id", None)
-        known = {f.name for f in fields(cls)} - {"extra"}
-        kwargs = {k: v for k, v in data.items() if k in known}
-        extra = {k: v for k, v in data.items() if k not in known and k != "extra"}
-        extra.update(data.get("extra", {}))
-        if kwargs.get("attn_implementation") is None:
-            kwargs.pop("attn_implementation", None)
-        return cls(**kwargs, extra=extra)
+        return cls(**{**copy.deepcopy(data), **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         """The config.json contents, in Hugging Face's layout so transformers can read it back."""
@@ -196,6 +183,28 @@ class GPT2Config:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
         return cls(**{**PRESETS[name].fields, **overrides})
+
+
+_generated_init = GPT2Config.__init__
+
+
+def _init_accepting_transformers_kwargs(self: GPT2Config, **kwargs: Any) -> None:
+    """GPT2Config(**kwargs) as transformers takes it: generic aliases, label2id, unknown keys kept in `extra`."""
+    for alias, name in ATTRIBUTE_MAP.items():
+        if alias in kwargs:
+            kwargs.setdefault(name, kwargs.pop(alias))
+    if "_attn_implementation" in kwargs:
+        kwargs.setdefault("attn_implementation", kwargs.pop("_attn_implementation"))
+    if kwargs.get("attn_implementation", "") is None:
+        kwargs.pop("attn_implementation")
+    kwargs.pop("label2id", None)  # derived from id2label
+    known = {f.name for f in fields(GPT2Config)}
+    extra = dict(kwargs.pop("extra", None) or {})
+    extra.update({k: kwargs.pop(k) for k in list(kwargs) if k not in known})
+    _generated_init(self, **kwargs, extra=extra)
+
+
+GPT2Config.__init__ = _init_accepting_transformers_kwargs
 
 
 @dataclass(frozen=True)

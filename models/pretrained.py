@@ -193,20 +193,29 @@ class GPT2PreTrainedModel(nn.Module):
         *,
         config: GPT2Config | None = None,
         attn_implementation: str | None = None,
-        dtype: torch.dtype | None = None,
+        dtype: torch.dtype | str | None = None,
+        torch_dtype: torch.dtype | str | None = None,
         **config_overrides: Any,
     ):
-        """Load a Hugging Face GPT-2 folder, a hub id from the local cache, or an OpenAI TF checkpoint."""
+        """Load a Hugging Face GPT-2 folder, a hub id from the local cache, or an OpenAI TF checkpoint.
+
+        `dtype` (or transformers' older name `torch_dtype`): None loads fp32, "auto" the checkpoint's dtype.
+        """
         from .loading import load_pretrained
 
         return load_pretrained(
-            cls, name_or_path, config=config, attn_implementation=attn_implementation, dtype=dtype, **config_overrides
+            cls,
+            name_or_path,
+            config=config,
+            attn_implementation=attn_implementation,
+            dtype=dtype if dtype is not None else torch_dtype,
+            **config_overrides,
         )
 
     def save_pretrained(
-        self, folder: str | os.PathLike, *, max_shard_size: int | None = None, safe_serialization: bool = True
+        self, folder: str | os.PathLike, *, max_shard_size: int | str | None = None, safe_serialization: bool = True
     ) -> Path:
-        """Write config.json and model.safetensors (sharded above max_shard_size bytes), as transformers does."""
+        """Write config.json and model.safetensors (shards above max_shard_size, default "5GB"), as transformers."""
         from .loading import save_pretrained
 
         return save_pretrained(self, folder, max_shard_size=max_shard_size, safe_serialization=safe_serialization)

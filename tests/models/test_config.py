@@ -132,3 +132,11 @@ def test_unknown_preset_and_non_gpt2_config_are_refused(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
         GPT2Config.from_json_file(tmp_path / "config.json")
+
+
+def test_transformers_style_keyword_arguments_are_accepted():
+    config = GPT2Config(hidden_size=64, num_attention_heads=4, num_hidden_layers=2, id2label={0: "neg", 1: "pos"},
+                        label2id={"neg": 0, "pos": 1}, torch_dtype="float32", _attn_implementation="eager")
+    assert (config.n_embd, config.n_head, config.n_layer, config.num_labels) == (64, 4, 2, 2)
+    assert config.attn_implementation == "eager" and config.label2id == {"neg": 0, "pos": 1}
+    assert config.extra == {"torch_dtype": "float32"}

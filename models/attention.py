@@ -56,8 +56,13 @@ def eager_attention(module: GPT2Attention, q, k, v, inputs: KernelInputs) -> tup
         w = w / torch.full([], v.size(-1) ** 0.5, dtype=w.dtype, device=w.device)
     if module.scale_attn_by_inverse_layer_idx:
         w = w / float(module.layer_idx + 1)
+    return _masked_softmax_values(module, w, v, inputs)
+
+
+def _masked_softmax_values(module: GPT2Attention, w: torch.Tensor, v: torch.Tensor, inputs: KernelInputs):
+    """Scores (B, nh, T, S) -> causal + padding masks, softmax, dropout, head mask, @ v; the eager kernels' tail."""
     if not module.is_cross_attention:
-        t, s = q.size(-2), k.size(-2)
+        t, s = w.size(-2), w.size(-1)
         causal = module.bias[:, :, s - t : s, :s]  # (1, 1, T, S)
         w = torch.where(causal, w, torch.full([], torch.finfo(w.dtype).min, dtype=w.dtype, device=w.device))
     if inputs.mask is not None:
@@ -78,17 +83,7 @@ def upcast_reordered_attention(module: GPT2Attention, q, k, v, inputs: KernelInp
     with torch.autocast(q.device.type, enabled=False):
         qf, kf = q.reshape(-1, t, hs).float(), k.transpose(-1, -2).reshape(-1, hs, s).float()
         w = torch.baddbmm(w, qf, kf, beta=0, alpha=inputs.scale).reshape(b, nh, t, s)  # (B, nh, T, S)
-    if not module.is_cross_attention:
-        causal = module.bias[:, :, s - t : s, :s]
-        w = torch.where(causal, w, torch.tensor(torch.finfo(w.dtype).min, dtype=w.dtype, device=w.device))
-    if inputs.mask is not None:
-        w = w + inputs.mask
-    w = F.softmax(w, dim=-1).type(v.dtype)
-    w = module.attn_dropout(w)
-    if inputs.head_mask is not None:
-        w = w * inputs.head_mask
-    out = torch.matmul(w, v)  # (B, nh, T, hs)
-    return out.transpose(1, 2), w
+    return _masked_softmax_values(module, w, v, inputs)
 
 
 def sdpa_attention(module: GPT2Attention, q, k, v, inputs: KernelInputs):

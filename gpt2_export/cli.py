@@ -185,5 +185,46 @@ def generate_command(
     click.echo()
 
 
+@main.command("bench")
+@click.option("--model", "model_path", default=None, help="Local checkpoint folder (default: random GPT-2 small).")
+@click.option("--output", type=click.Path(file_okay=False), default="bench-results", show_default=True,
+              help="Folder for results.json, results.md, the PNGs, logs and the cached exports.")
+@click.option("--quick", is_flag=True, help="Tiny shapes, one repeat: a smoke test, not a measurement.")
+@click.option("--backends", default=None, help="Comma-separated backends (default: all available).")
+@click.option("--repeats", type=click.IntRange(min=1), default=None, help="Timed repeats (default 5; quick 1).")
+@click.option("--prompt-lengths", default=None, help="Prefill prompt lengths (default 8,32,128,512).")
+@click.option("--batch-sizes", default=None, help="generate() batch sizes (default 1,4,8).")
+@click.option("--new-tokens", type=click.IntRange(min=1), default=None, help="Decode steps / new tokens (default 128).")
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="Threads per backend.")
+@_errors_as_messages
+def bench_command(model_path, output, quick, backends, repeats, prompt_lengths, batch_sizes, new_tokens, threads):
+    """Benchmark every backend side by side: prefill, per-token decode, tokens/s, peak RSS, ratios, targets."""
+    from benchmarks import BenchConfig, run_benchmark
+    from benchmarks.config import parse_backends, parse_ints
+
+    from .progress import stderr_reporter
+
+    config = BenchConfig(
+        model=model_path,
+        output=output,
+        quick=quick,
+        backends=parse_backends(backends),
+        repeats=repeats,
+        prompt_lengths=parse_ints(prompt_lengths, "--prompt-lengths"),
+        batch_sizes=parse_ints(batch_sizes, "--batch-sizes"),
+        new_tokens=new_tokens,
+        threads=threads,
+        extra={"command": " ".join(["gpt2-export", *sys.argv[1:]])},
+    )
+    result = run_benchmark(config, stderr_reporter)
+    click.echo(result.markdown)
+    click.echo(f"wrote {', '.join(str(path) for path in result.files.values())}", err=True)
+
+
+from .engine_cli import build_engine_command  # noqa: E402  (thin command modules register onto the group)
+
+main.add_command(build_engine_command)
+
+
 if __name__ == "__main__":
     main()

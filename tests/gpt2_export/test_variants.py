@@ -74,3 +74,15 @@ def test_a_model_the_fused_graph_cannot_express_falls_back_to_plain(tmp_path):
     assert result.manifest.variant == "plain" and result.validation.passed
     with pytest.raises(ExportError, match="activation_function 'silu' has no fused kernel"):
         export(checkpoint, tmp_path / "forced", ExportOptions(variant="fused"))
+
+
+def test_fp16_plain_graph_computes_softmax_in_fp32(hf_checkpoints, tmp_path):
+    export(hf_checkpoints["lm"], tmp_path, ExportOptions(variant="plain", dtype="fp16", validate=False))
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    producers = {out: node for node in graph.node for out in node.output}
+    softmaxes = [n for n in graph.node if n.op_type == "Softmax"]
+    assert len(softmaxes) == 2
+    for node in softmaxes:
+        cast = producers[node.input[0]]
+        assert cast.op_type == "Cast" and cast.attribute[0].i == onnx.TensorProto.FLOAT
+    onnx.checker.check_model(str(tmp_path / "model.onnx"), full_check=True)  # topologically sorted

@@ -133,7 +133,9 @@ def write_hf_checkpoint(folder: Path, head: str = "lm", seed: int = 0, **overrid
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(seed)
-    config = transformers.GPT2Config(**{**TINY_MODEL, **overrides})
+    # A wide initialisation makes attention (and so the KV cache) decide the tokens: with GPT-2's 0.02 a tiny
+    # model's next token depends almost only on the current one, and a broken cache would go unnoticed.
+    config = transformers.GPT2Config(**{**TINY_MODEL, "initializer_range": 0.2, **overrides})
     model = getattr(transformers, HF_HEAD_CLASSES[head])(config).eval()
     # Random weights give near-uniform logits; a larger wte spread makes greedy choices clear-cut.
     with torch.no_grad():

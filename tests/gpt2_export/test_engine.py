@@ -117,7 +117,7 @@ def _ops(model: onnx.ModelProto) -> list[str]:
     return [n.op_type for n in model.graph.node]
 
 
-@pytest.mark.parametrize("dtype, atol", [("fp32", 1e-5), ("fp16", 2e-3)])
+@pytest.mark.parametrize("dtype, atol", [("fp32", 1e-5), ("fp16", 2e-2)])  # fp16: the export tolerance
 def test_prescaling_q_keeps_every_output(plain, dtype, atol):
     folder = plain[dtype]
     manifest = Manifest.load(folder)

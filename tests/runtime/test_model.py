@@ -45,6 +45,27 @@ def _hf_generate(hf, ids, mask, **options):
     return out.numpy()
 
 
+def test_decoder_logits_follow_transformers_step_by_step(lm, hf_lm):
+    ids, mask = _batch()
+    decoder = lm.backend.decoder(3, 16)
+    positions = np.where(mask == 0, 1, np.cumsum(mask, -1) - 1)
+    step_ids, past = ids, None
+    for step in range(6):
+        logits = decoder.step(step_ids, mask, positions[:, -step_ids.shape[1] :])
+        with torch.no_grad():
+            out = hf_lm(
+                torch.from_numpy(step_ids),
+                attention_mask=torch.from_numpy(mask),
+                position_ids=torch.from_numpy(positions[:, -step_ids.shape[1] :]),
+                past_key_values=past,
+            )
+        past = out.past_key_values
+        np.testing.assert_allclose(logits, out.logits[:, -1].numpy(), atol=1e-4, rtol=1e-4, err_msg=f"step {step}")
+        step_ids = logits.argmax(-1)[:, None].astype(np.int64)
+        mask = np.concatenate([mask, np.ones((3, 1), np.int64)], axis=1)
+        positions = np.where(mask == 0, 1, np.cumsum(mask, -1) - 1)
+
+
 def test_greedy_equals_transformers_on_a_left_padded_batch(lm, hf_lm):
     ids, mask = _batch()
     ours = lm.generate(ids, mask, max_new_tokens=12)

@@ -331,6 +331,7 @@ def export(
         checkpoint=str(model) if model is not None else None,
         kv_cache=options.kv_cache if variant == "fused" else "growing",
         weights=options.weights,
+        optional_inputs=[i.name for i in proto.graph.input if i.name in {t.name for t in proto.graph.initializer}],
     )
     manifest.save(folder)
     validation = None

@@ -32,6 +32,7 @@ from runtime.manifest import IOContract, TensorSpec
 from .contract import BATCH, PAST, SEQUENCE, TOTAL, past_names, present_names
 
 MAX_LENGTH = "max_sequence_length"
+LOGITS_TO_KEEP = "logits_to_keep"
 KV_CACHE_LAYOUTS = ("growing", "shared")
 
 # Activation -> (op, domain, takes a bias input). FastGelu is the tanh approximation of gelu_new.
@@ -80,6 +81,7 @@ class FusedGraphBuilder:
         # which needs wte transposed: a second copy, but one that quantization shrinks.
         self.lm_head_as_matmul = lm_head_as_matmul
         self.nodes: list[onnx.NodeProto] = []
+        self.optional_inputs: list[onnx.ValueInfoProto] = []  # graph inputs backed by a default initializer
         self.initializers: list[onnx.TensorProto] = []
         self._names: set[str] = set()
 
@@ -140,7 +142,8 @@ class FusedGraphBuilder:
         contract = self.contract()
         graph = helper.make_graph(
             self.nodes, f"gpt2-{self.head}-fused-{self.kv_cache}",
-            [_value_info(spec) for spec in contract.inputs], [_value_info(spec) for spec in contract.outputs],
+            [_value_info(spec) for spec in contract.inputs] + self.optional_inputs,
+            [_value_info(spec) for spec in contract.outputs],
             self.initializers,
         )
         model = helper.make_model(
@@ -218,19 +221,34 @@ class FusedGraphBuilder:
     def _lm_head(self, final: str, wte: str) -> None:
         weight = self.model.lm_head.weight
         tied = weight is self.model.base_model.wte.weight
+        final = self._keep_last(final)  # (B, T', C)
         if self.lm_head_as_matmul:
             head = self.weight("lm_head.weight_transposed", _array(weight).T.copy())
             self.node("MatMul", [final, head], ["logits"], name="lm_head")
             return
         head = wte if tied else self.weight("lm_head.weight", _array(weight))
-        # Gemm wants 2-D: (B, T, C) -> (B*T, C) -> Gemm -> (B, T, V), shape taken from input_ids.
+        # Gemm wants 2-D: (B, T', C) -> (B*T', C) -> Gemm -> (B, T', V).
         flat = self.node("Reshape", [final, self.weight("flat_shape", np.array([-1, self.config.n_embd], np.int64))],
                          name="lm_head.flatten")[0]
         logits2d = self.node("Gemm", [flat, head], name="lm_head", transB=1)[0]
-        ids_shape = self.node("Shape", ["input_ids"], name="lm_head.ids_shape")[0]
+        hidden_shape = self.node("Shape", [final], name="lm_head.hidden_shape", end=2)[0]  # (B, T')
         vocab = self.weight("vocab_dim", np.array([self.config.vocab_size], np.int64))
-        out_shape = self.node("Concat", [ids_shape, vocab], name="lm_head.out_shape", axis=0)[0]
+        out_shape = self.node("Concat", [hidden_shape, vocab], name="lm_head.out_shape", axis=0)[0]
         self.node("Reshape", [logits2d, out_shape], ["logits"], name="lm_head.unflatten")
+
+    def _keep_last(self, final: str) -> str:
+        """hidden[:, -k:] with k from the optional input `logits_to_keep` (default 0: every position).
+
+        A decoding loop needs the last position only; at a 512-token prompt the other 511 rows of logits
+        cost most of the prefill. The input is an overridable initializer, so loops that do not know it
+        (Optimum's, onnxruntime-genai's) get every position, as the I/O contract says.
+        """
+        keep = self.weight(LOGITS_TO_KEEP, np.array([0], dtype=np.int64))
+        self.optional_inputs.append(helper.make_tensor_value_info(keep, TensorProto.INT64, [1]))
+        start = self.node("Neg", [keep], name="lm_head.keep_start")[0]  # -k; -0 = 0 keeps everything
+        end = self.weight("keep_end", np.array([np.iinfo(np.int64).max], dtype=np.int64))
+        axis = self.weight("keep_axis", np.array([1], dtype=np.int64))
+        return self.node("Slice", [final, start, end, axis], name="lm_head.keep_last")[0]
 
 
 def _value_info(spec: TensorSpec) -> onnx.ValueInfoProto:

@@ -23,6 +23,7 @@ from .providers import DEVICE_OF, check_contract, create_session
 from .tokenizer import Tokenizer, TokenizerNotFoundError
 
 GENERATING_HEADS = ("lm",)
+LOGITS_TO_KEEP = "logits_to_keep"  # optional input of fused LM graphs: logits for the last k positions only
 ENGINE_MANIFEST = "engine.json"  # written by `gpt2-export build-engine` beside the serialized engine
 
 
@@ -263,9 +264,13 @@ def load(folder: str | Path, provider: str = "cpu", threads: int | None = None) 
     else:
         manifest = Manifest.load(folder)
         model_path = folder / manifest.model_file
-        session = create_session(model_path, provider, threads)
+        # Decoding reads the last position only: a growing-cache graph with logits_to_keep computes just that
+        # (an in-place-cache batch is ragged, so its rows end at different columns and keep every position).
+        last_only = manifest.kv_cache == "growing" and LOGITS_TO_KEEP in manifest.optional_inputs
+        fixed = {LOGITS_TO_KEEP: np.ones(1, dtype=np.int64)} if last_only else None
+        session = create_session(model_path, provider, threads, fixed)
         check_contract(session, manifest.io, model_path)
-        backend = OnnxRuntimeBackend(session, manifest, provider, DEVICE_OF[provider])
+        backend = OnnxRuntimeBackend(session, manifest, provider, DEVICE_OF[provider], last_only)
     try:
         tokenizer = Tokenizer.from_folder(folder)
     except TokenizerNotFoundError:

@@ -17,7 +17,8 @@ from .manifest import Manifest
 class OnnxDecoder:
     """Feeds (B, T) tokens to the graph, keeps the cache, returns the last position's logits as float32."""
 
-    def __init__(self, session: ort.InferenceSession, manifest: Manifest, device: str, batch: int, max_length: int):
+    def __init__(self, session: ort.InferenceSession, manifest: Manifest, device: str, batch: int, max_length: int,
+                 last_only: bool = False):
         self.session = session
         shape = manifest.shape
         heads = list(shape.num_heads_per_layer) or [shape.n_head] * shape.n_layer
@@ -32,6 +33,7 @@ class OnnxDecoder:
         self.vocab_size = shape.vocab_size
         self.batch = batch
         self._logits = np.empty(0, dtype=self.logits_dtype)
+        self.last_only = last_only
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
         """Run one forward pass; returns (B, V) float32 logits of the last position."""
@@ -41,10 +43,11 @@ class OnnxDecoder:
         binding.bind_cpu_input("attention_mask", np.ascontiguousarray(attention_mask, dtype=np.int64))
         binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
         self.cache.bind(binding, t)
-        needed = b * t * self.vocab_size
+        kept = 1 if self.last_only else t  # sessions may fix logits_to_keep to 1 (runtime.model.load)
+        needed = b * kept * self.vocab_size
         if self._logits.size < needed:  # grows once, for the prompt; decode steps reuse it
             self._logits = np.empty(needed, dtype=self.logits_dtype)
-        logits = self._logits[:needed].reshape(b, t, self.vocab_size)  # (B, T, V)
+        logits = self._logits[:needed].reshape(b, kept, self.vocab_size)  # (B, T or 1, V)
         binding.bind_output("logits", "cpu", 0, self.logits_dtype, logits.shape, logits.ctypes.data)
         self.session.run_with_iobinding(binding)
         self.cache.advance(t)
@@ -114,14 +117,17 @@ class SharedCacheDecoder:
 class OnnxRuntimeBackend:
     """An export folder's graph on one ONNX Runtime session: decoders for generation, raw calls for other heads."""
 
-    def __init__(self, session: ort.InferenceSession, manifest: Manifest, provider: str, device: str):
+    def __init__(self, session: ort.InferenceSession, manifest: Manifest, provider: str, device: str,
+                 last_only: bool = False):
         self.session, self.manifest, self.provider, self.device = session, manifest, provider, device
         self.name = f"onnxruntime:{provider}"
+        self.last_only = last_only  # the session computes logits for the last position only
 
     def decoder(self, batch: int, max_length: int) -> OnnxDecoder | SharedCacheDecoder:
         """A fresh per-call decoder with room for max_length positions of batch rows."""
-        cls = SharedCacheDecoder if self.manifest.kv_cache == "shared" else OnnxDecoder
-        return cls(self.session, self.manifest, self.device, batch, max_length)
+        if self.manifest.kv_cache == "shared":
+            return SharedCacheDecoder(self.session, self.manifest, self.device, batch, max_length)
+        return OnnxDecoder(self.session, self.manifest, self.device, batch, max_length, self.last_only)
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One plain call of the graph; every input must be given."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import onnxruntime as ort
 
 from .manifest import IOContract
@@ -44,11 +45,19 @@ def check_provider(provider: str) -> list[str]:
     return PROVIDERS[provider]
 
 
-def create_session(model_path: Path, provider: str, threads: int | None) -> ort.InferenceSession:
-    """An InferenceSession on `provider`; raises if ONNX Runtime fell back to another provider."""
+def create_session(model_path: Path, provider: str, threads: int | None,
+                   fixed_inputs: dict[str, np.ndarray] | None = None) -> ort.InferenceSession:
+    """An InferenceSession on `provider`; raises if ONNX Runtime fell back to another provider.
+
+    fixed_inputs set optional graph inputs (initializers) once for the session's life.
+    """
     providers = check_provider(provider)
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    # ONNX Runtime borrows these buffers for the session's whole life: keep them referenced beside it.
+    keep_alive = [(value, ort.OrtValue.ortvalue_from_numpy(value)) for value in (fixed_inputs or {}).values()]
+    for name, (_, ort_value) in zip(fixed_inputs or {}, keep_alive, strict=True):
+        options.add_initializer(name, ort_value)
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be >= 1, got {threads}: or leave it unset to use every core")
@@ -63,6 +72,7 @@ def create_session(model_path: Path, provider: str, threads: int | None) -> ort.
             f"onnxruntime cannot load {model_path} ({type(e).__name__}: {str(e)[:300]}): the file is corrupt or "
             "not an ONNX model; re-export the checkpoint"
         ) from e
+    session._fixed_inputs = keep_alive
     active = session.get_providers()[0]
     if active != providers[0]:
         raise ProviderUnavailableError(

@@ -40,9 +40,12 @@ def test_the_graph_follows_the_io_contract(hf_checkpoints, tmp_path, head):
     def dims(value_info):
         return tuple(d.dim_param or d.dim_value for d in value_info.type.tensor_type.shape.dim)
 
-    assert [i.name for i in graph.input] == manifest.io.input_names()
+    defaults = {init.name for init in graph.initializer}
+    required = [i for i in graph.input if i.name not in defaults]  # others are optional, with a default value
+    assert [i.name for i in required] == manifest.io.input_names()
+    assert {i.name for i in graph.input} - {i.name for i in required} <= {"logits_to_keep"}
     assert [o.name for o in graph.output] == manifest.io.output_names()
-    for spec, value in zip(manifest.io.inputs, graph.input, strict=True):
+    for spec, value in zip(manifest.io.inputs, required, strict=True):
         assert dims(value) == spec.shape, spec.name
     assert manifest.io.input_names()[:3] == ["input_ids", "attention_mask", "position_ids"]
     assert "past_key_values.1.value" in manifest.io.input_names()

@@ -86,3 +86,18 @@ def test_fp16_plain_graph_computes_softmax_in_fp32(hf_checkpoints, tmp_path):
         cast = producers[node.input[0]]
         assert cast.op_type == "Cast" and cast.attribute[0].i == onnx.TensorProto.FLOAT
     onnx.checker.check_model(str(tmp_path / "model.onnx"), full_check=True)  # topologically sorted
+
+
+def test_logits_to_keep_is_optional_and_keeps_the_last_positions(hf_checkpoints, tmp_path):
+    import numpy as np
+    import onnxruntime as ort
+
+    export(hf_checkpoints["lm"], tmp_path, ExportOptions(validate=False))
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    feeds = {"input_ids": np.ones((2, 5), np.int64), "attention_mask": np.ones((2, 5), np.int64),
+             "position_ids": np.tile(np.arange(5), (2, 1))}
+    feeds |= {name: np.zeros((2, 4, 0, 8), np.float32) for name in Manifest.load(tmp_path).io.input_names()[3:]}
+    every = session.run(["logits"], feeds)[0]
+    last = session.run(["logits"], {**feeds, "logits_to_keep": np.array([1], np.int64)})[0]
+    assert every.shape == (2, 5, 317) and last.shape == (2, 1, 317)
+    np.testing.assert_array_equal(last, every[:, -1:])

@@ -1,0 +1,55 @@
+"""ServeConfig: every setting of the service in one validated dataclass (the CLI, Ray and tests build it)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+API_KEY_ENV = "GPT2_EXPORT_API_KEY"
+DEFAULT_HOST = "127.0.0.1"  # loopback unless told otherwise: a model server is not public by accident
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Where the model is, where to listen, and the bounds that keep the server answering under load."""
+
+    folder: Path
+    host: str = DEFAULT_HOST
+    port: int = 8000
+    max_batch: int = 8  # requests decoded together (cache slots)
+    max_queue: int = 64  # requests waiting for a slot; past it, 429 with Retry-After
+    api_key: str | None = None  # every route but /health needs `Authorization: Bearer <api_key>`
+    model_name: str | None = None  # the id /v1/models lists and requests may name; default: the folder's name
+    provider: str = "cpu"
+    threads: int | None = None  # ONNX Runtime intra-op threads (default: every core)
+    max_body_bytes: int = 1 << 20  # larger request bodies get 413
+    max_n: int = 16  # completions per prompt (`n`)
+    max_prompts: int = 32  # prompts per request (a list of texts or of token-id lists)
+    default_max_tokens: int = 16  # OpenAI's default when a request gives no max_tokens
+    drain_timeout: float = 30.0  # SIGTERM: seconds to let in-flight requests finish before cancelling them
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "folder", Path(self.folder))
+        for name, minimum in (("max_batch", 1), ("max_queue", 0), ("max_body_bytes", 1024), ("max_n", 1),
+                              ("max_prompts", 1), ("default_max_tokens", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port={self.port} is not a TCP port: use 0-65535 (0 picks a free one)")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError(f"threads={self.threads} must be >= 1, or unset to use every core")
+        if self.drain_timeout < 0:
+            raise ValueError(f"drain_timeout={self.drain_timeout} must be >= 0 seconds")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("the API key is empty: pass a non-empty --api-key, or none to serve without one")
+
+    @property
+    def served_name(self) -> str:
+        return self.model_name or self.folder.resolve().name
+
+    @staticmethod
+    def api_key_from_env(explicit: str | None) -> str | None:
+        """--api-key wins; otherwise the environment variable, if set and non-empty."""
+        return explicit if explicit is not None else (os.environ.get(API_KEY_ENV) or None)

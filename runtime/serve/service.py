@@ -1,0 +1,238 @@
+"""Service: one export folder behind a continuous-batching engine, with the checks that turn requests into work.
+
+The service reads export.json up front (a wrong folder fails before anything listens), loads the model and
+starts the engine (in the background when served by uvicorn, so /health can answer 503 while loading), and
+turns a parsed completions request into engine requests: prompts tokenized, token ids, lengths and capacity
+checked with errors that name the value and the limit, then submitted all or none.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import runtime
+from runtime.batching import BatchEngine, CompletionRequest, QueueFullError, RequestHandle
+from runtime.manifest import Manifest
+from runtime.tokenizer import Tokenizer, TokenizerNotFoundError
+
+from .config import ServeConfig
+from .metrics import Metrics
+from .schemas import APIError, CompletionParams, bad
+
+log = logging.getLogger("runtime.serve")
+
+# (model, max_batch, max_queue) -> an engine with BatchEngine's API; tests pass fakes.
+EngineFactory = Callable[[runtime.Model, int, int], BatchEngine]
+
+
+def default_engine(model: runtime.Model, max_batch: int, max_queue: int) -> BatchEngine:
+    return BatchEngine(model, max_batch=max_batch, max_queue=max_queue)
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """One prompt of a request, tokenized and checked."""
+
+    ids: tuple[int, ...]
+    text: str | None  # the prompt as text (echo), None without a tokenizer
+
+
+class Service:
+    """The model, its engine and the service's state: loading -> ready -> draining -> stopped (or failed)."""
+
+    def __init__(self, config: ServeConfig, engine_factory: EngineFactory = default_engine):
+        self.config = config
+        self.manifest = Manifest.load(config.folder)  # fails fast, with the manifest's own message
+        if self.manifest.head != "lm":
+            raise ValueError(
+                f"{config.folder} holds the {self.manifest.head!r} head: serving completions needs an lm export "
+                "(re-export with --head lm)"
+            )
+        self.name = config.served_name
+        self.created = int(time.time())
+        self.status = "loading"
+        self.error: str | None = None
+        self.model: runtime.Model | None = None
+        self.engine: BatchEngine | None = None
+        self.tokenizer: Tokenizer | None = None
+        self._engine_factory = engine_factory
+        self.metrics = Metrics(lambda: self.engine.stats() if self.engine is not None else None)
+        shape = self.manifest.shape
+        eos = shape.eos_token_id
+        self.eos_ids = tuple(eos if isinstance(eos, list) else ([eos] if eos is not None else []))
+        self.vocab_size, self.n_positions = shape.vocab_size, shape.n_positions
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.status == "ready"
+
+    def load(self) -> None:
+        """Load the model and start the engine (blocking); the status says how it went."""
+        started = time.perf_counter()
+        try:
+            model = runtime.load(self.config.folder, provider=self.config.provider, threads=self.config.threads)
+            engine = self._engine_factory(model, self.config.max_batch, self.config.max_queue)
+            engine.start()
+        except Exception as e:
+            self.status, self.error = "failed", f"{type(e).__name__}: {e}"
+            log.error("loading %s failed: %s", self.config.folder, self.error)
+            raise
+        try:
+            self.tokenizer = model.tokenizer
+        except TokenizerNotFoundError:
+            self.tokenizer = None
+        self.model, self.engine = model, engine
+        if self.status == "loading":  # a drain that began while loading wins
+            self.status = "ready"
+        log.info("loaded %s in %.1f s (%s)", self.config.folder, time.perf_counter() - started,
+                 "with a tokenizer" if self.tokenizer is not None else "no tokenizer: token-id prompts only")
+
+    def load_in_background(self, on_failure: Callable[[], None] | None = None) -> threading.Thread:
+        """Load on a thread, so the server answers /health (503) while the model loads."""
+
+        def run() -> None:
+            try:
+                self.load()
+            except Exception:
+                if on_failure is not None:
+                    on_failure()
+
+        thread = threading.Thread(target=run, name="model-load", daemon=True)
+        thread.start()
+        return thread
+
+    def begin_drain(self) -> None:
+        """Stop taking completions (503, /health 503); requests in flight go on."""
+        if self.status in ("loading", "ready"):
+            self.status = "draining"
+
+    def shutdown(self, drain: bool = True, timeout: float | None = None) -> None:
+        """Stop the engine: finish (drain) or cancel what is in flight."""
+        self.begin_drain()
+        if self.engine is not None:
+            self.engine.shutdown(drain=drain, timeout=timeout)
+        if self.status != "failed":
+            self.status = "stopped"
+
+    def unavailable(self) -> APIError | None:
+        """The 503 a completion gets while the service cannot take one, else None."""
+        if self.status == "ready":
+            return None
+        messages = {
+            "loading": "the model is still loading: retry when GET /health returns 200",
+            "draining": "the server is shutting down and takes no new requests",
+            "stopped": "the server has stopped",
+            "failed": f"the model failed to load ({self.error})",
+        }
+        headers = {"Retry-After": "1"} if self.status == "loading" else {}
+        return APIError(503, messages[self.status], code=f"server_{self.status}", headers=headers)
+
+    # ---- requests --------------------------------------------------------------------------------
+
+    def prepare(self, params: CompletionParams) -> list[PreparedPrompt]:
+        """Tokenize and check every prompt of a request (400 naming the prompt, the value and the limit)."""
+        if params.model is not None and params.model != self.name:
+            raise APIError(404, f"model {params.model!r} does not exist: this server serves {self.name!r} "
+                                "(GET /v1/models)", param="model", code="model_not_found")
+        if self.tokenizer is None and params.stop:
+            raise bad("stop", f"{self.config.folder} has no tokenizer files, so stop strings cannot be matched: use "
+                              "stop_token_ids")
+        prepared = []
+        for i, prompt in enumerate(params.prompts):
+            where = f"prompt[{i}]" if params.batched else "prompt"
+            if isinstance(prompt, str):
+                prepared.append(self._encode(prompt, where))
+            else:
+                bad_ids = [t for t in prompt if not 0 <= t < self.vocab_size]
+                if bad_ids:
+                    raise bad("prompt", f"{where}: token id {bad_ids[0]} is out of range for vocab_size "
+                                        f"{self.vocab_size}: ids must be in [0, {self.vocab_size})")
+                prepared.append(PreparedPrompt(tuple(prompt), self._decode(prompt)))
+            self._check_length(len(prepared[-1].ids), params.max_tokens, where)
+        for token in params.stop_token_ids:
+            if token >= self.vocab_size:
+                raise bad("stop_token_ids", f"stop token id {token} is out of range for vocab_size {self.vocab_size}")
+        total = params.n * len(prepared)
+        capacity = self.config.max_batch + self.config.max_queue
+        if total > capacity:
+            raise bad("n", f"{total} completions ({len(prepared)} prompts x n={params.n}) exceed what this server "
+                           f"holds at once, max_batch {self.config.max_batch} + max_queue {self.config.max_queue} = "
+                           f"{capacity}: send fewer per request")
+        return prepared
+
+    def _encode(self, text: str, where: str) -> PreparedPrompt:
+        if self.tokenizer is None:
+            raise bad("prompt", f"{self.config.folder} has no tokenizer files (vocab.json + merges.txt or *.tiktoken),"
+                                " so text prompts cannot be encoded: send token ids (a list of integers) instead")
+        ids = self.tokenizer.encode(text)
+        if not ids:  # OpenAI's rule: no prompt means the start of a document, <|endoftext|> for GPT-2
+            bos = self.manifest.shape.bos_token_id
+            if bos is None:
+                raise bad("prompt", f"{where} is empty and the model has no bos_token_id to start from: give text")
+            ids = [bos]
+        return PreparedPrompt(tuple(ids), text)
+
+    def _decode(self, ids: tuple[int, ...]) -> str | None:
+        """A token-id prompt as text (for echo), None without a tokenizer or for ids it does not assign."""
+        try:
+            return self.tokenizer.decode(ids) if self.tokenizer is not None else None
+        except ValueError:
+            return None
+
+    def _check_length(self, n: int, max_tokens: int, where: str) -> None:
+        if n + max_tokens > self.n_positions:
+            room = self.n_positions - n
+            fix = f"set max_tokens <= {room}" if room >= 1 else f"shorten it below {self.n_positions} tokens"
+            raise bad("max_tokens", f"{where} of {n} tokens + max_tokens {max_tokens} = {n + max_tokens} exceeds the "
+                                    f"context length n_positions {self.n_positions}: {fix}")
+
+    def stop_ids(self, params: CompletionParams) -> tuple[int, ...]:
+        """Token ids that end a completion: the model's eos (unless ignore_eos) and stop_token_ids."""
+        ids = () if params.ignore_eos else self.eos_ids
+        return tuple(dict.fromkeys((*ids, *params.stop_token_ids)))
+
+    def submit(self, params: CompletionParams, prompts: list[PreparedPrompt]) -> list[RequestHandle]:
+        """Submit n requests per prompt, all or none: 429 (Retry-After) past the queue bound, 503 when stopping."""
+        if self.engine is None:
+            raise self.unavailable() or APIError(503, "the engine is not running")
+        stops = self.stop_ids(params)
+        handles: list[RequestHandle] = []
+        try:
+            for prompt in prompts:
+                for j in range(params.n):
+                    handles.append(self.engine.submit(CompletionRequest(
+                        prompt_ids=prompt.ids,
+                        max_new_tokens=params.max_tokens,
+                        temperature=params.temperature,
+                        top_k=params.top_k,
+                        top_p=params.top_p,
+                        seed=params.seed + j if params.seed is not None else None,
+                        stop_token_ids=stops,
+                        logprobs=params.logprobs is not None,
+                    )))
+        except QueueFullError as e:
+            self._cancel(handles)
+            self.metrics.rejected.inc(1, "queue_full")
+            retry = max(1, math.ceil(e.retry_after))
+            raise APIError(429, f"the server is at capacity ({self.config.max_queue} requests waiting, --max-queue): "
+                                f"retry after {retry} s", code="queue_full", headers={"Retry-After": str(retry)}) from e
+        except ValueError as e:
+            self._cancel(handles)
+            raise bad("prompt", str(e)) from e
+        except RuntimeError as e:  # the engine stopped taking requests (shutdown)
+            self._cancel(handles)
+            raise APIError(503, f"the server is shutting down: {e}", code="server_draining") from e
+        self.metrics.prompt_tokens.inc(sum(len(p.ids) for p in prompts))
+        return handles
+
+    @staticmethod
+    def _cancel(handles: list[RequestHandle]) -> None:
+        for handle in handles:
+            handle.cancel()

@@ -225,6 +225,11 @@ from .engine_cli import build_engine_command  # noqa: E402  (thin command module
 
 main.add_command(build_engine_command)
 
+from .serve_cli import bench_serve_command, serve_command  # noqa: E402
+
+main.add_command(serve_command)
+main.add_command(bench_serve_command)
+
 
 if __name__ == "__main__":
     main()

@@ -334,6 +334,14 @@ def export(
         optional_inputs=[i.name for i in proto.graph.input if i.name in {t.name for t in proto.graph.initializer}],
     )
     manifest.save(folder)
+    if options.head == "lm":
+        from .genai import genai_unsupported, write_genai_config
+
+        reason = genai_unsupported(manifest)
+        if reason is None:
+            write_genai_config(folder, manifest)  # onnxruntime-genai's "decoder" config and tokenizer.json
+        else:
+            report(f"note: no genai_config.json ({reason})")
     validation = None
     if options.validate:
         with stage("validate", report):

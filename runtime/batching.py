@@ -247,7 +247,9 @@ class BatchEngine:
                 if self._stop and not self._queue and not any(self._slots):
                     return
                 joining = []
-                while self._queue and self._free_slot_available():
+                # While others are decoding, one prefill per step keeps their inter-token gaps short.
+                budget = 1 if any(self._slots) else self.max_batch
+                while self._queue and self._free_slot_available() and len(joining) < budget:
                     joining.append((self._slots.index(None), self._queue.popleft()))
                     self._slots[joining[-1][0]] = _RESERVED
             for slot, handle in joining:
@@ -322,7 +324,8 @@ class BatchEngine:
                 self._emit(i, active, logits[0])
             return
         cache = self._batch_cache()
-        b = self.max_batch
+        # Rows are the outermost axis, so the first b rows of every buffer are a smaller batch: skip idle tails.
+        b = max(slots) + 1
         ids = np.zeros((b, 1), dtype=np.int64)
         positions = np.zeros((b, 1), dtype=np.int64)
         new = np.zeros(b, dtype=np.int64)
@@ -331,17 +334,17 @@ class BatchEngine:
             positions[i, 0] = cache.lengths[i]
             new[i] = 1
         idle = new == 0
-        cache.lengths[idle] = 0  # idle rows attend to one garbage token of their own; never read
-        lengths = cache.lengths + 1
+        cache.lengths[:b][idle] = 0  # idle rows attend to one garbage token of their own; never read
+        lengths = cache.lengths[:b] + 1
         mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)
         binding = self.model.backend.session.io_binding()
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
         binding.bind_cpu_input("position_ids", positions)
         binding.bind_output("logits", "cpu")
-        cache.bind(binding, np.ones(b, dtype=np.int64))
+        cache.bind(binding, np.ones(cache.batch, dtype=np.int64), rows=b)
         self.model.backend.session.run_with_iobinding(binding)
-        cache.advance(new)
+        cache.lengths[:b] += new
         logits = binding.get_outputs()[0].numpy()[:, -1].astype(np.float32)  # (max_batch, V)
         for i in slots:
             self._emit(i, self._slots[i], logits[i])

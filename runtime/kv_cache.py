@@ -121,16 +121,17 @@ class SharedKVCache:
         self._buffers = [_Buffer(batch * h * max_length * head_dim, self.dtype, device) for h in heads]
         self._spare: list[_Buffer] | None = None
 
-    def _shape(self, i: int) -> tuple[int, int, int, int]:
-        return (self.batch, self.heads[i], self.max_length, self.head_dim)
+    def _shape(self, i: int, rows: int | None = None) -> tuple[int, int, int, int]:
+        return (self.batch if rows is None else rows, self.heads[i], self.max_length, self.head_dim)
 
-    def bind(self, binding: ort.IOBinding, new_tokens: np.ndarray) -> None:
-        """Bind each tensor's buffer as both its past input and its present output."""
+    def bind(self, binding: ort.IOBinding, new_tokens: np.ndarray, rows: int | None = None) -> None:
+        """Bind each tensor's buffer as both its past input and its present output (the first `rows` rows)."""
         if int((self.lengths + new_tokens).max()) > self.max_length:
             raise ValueError(f"the cache holds {self.max_length} positions per row; the next step would exceed it")
         for i, (past, present) in enumerate(self.names):
-            binding.bind_input(past, self.device, 0, self.dtype, self._shape(i), self._buffers[i].ptr)
-            binding.bind_output(present, self.device, 0, self.dtype, self._shape(i), self._buffers[i].ptr)
+            shape = self._shape(i, rows)
+            binding.bind_input(past, self.device, 0, self.dtype, shape, self._buffers[i].ptr)
+            binding.bind_output(present, self.device, 0, self.dtype, shape, self._buffers[i].ptr)
 
     def advance(self, new_tokens: np.ndarray) -> None:
         """Row b now holds new_tokens[b] more positions."""

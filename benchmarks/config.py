@@ -1,0 +1,125 @@
+"""What one benchmark run measures: `BenchConfig` (validated on construction) and the backends it can name."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Every backend the suite knows, in the order tables and plots list them. transformers SDPA is the baseline.
+BACKENDS = (
+    "hf-eager",
+    "hf-sdpa",
+    "optimum-ort",
+    "reference",
+    "ort-plain",
+    "ort-fused",
+    "ort-fused-shared",
+    "ort-int8",
+    "ort-int4",
+    "ort-fused-cuda",
+    "ort-fused-tensorrt",
+)
+BASELINE = "hf-sdpa"
+# Other processes' share of the CPUs above which the machine is not quiet: wait before, measure again after.
+QUIET_SHARE = 0.10
+AGREEMENT_PROMPT_LENGTH = 16  # tokens per prompt of the int8 / int4 agreement check
+
+# Shapes of a full run and of --quick (a smoke test on tiny shapes, not a measurement).
+FULL = dict(prompt_lengths=(8, 32, 128, 512), batch_sizes=(1, 4, 8), decode_prompt=32, new_tokens=128,
+            repeats=5, warmup=2, generate_repeats=3, agreement_prompts=8, agreement_tokens=32,
+            bandwidth_mib=1024, quiet_wait_s=300, retries=2)
+QUICK = dict(prompt_lengths=(4, 8), batch_sizes=(1, 2), decode_prompt=4, new_tokens=4,
+             repeats=1, warmup=1, generate_repeats=1, agreement_prompts=2, agreement_tokens=4,
+             bandwidth_mib=128, quiet_wait_s=0, retries=0)
+
+
+class BenchConfigError(ValueError):
+    """A benchmark option is out of range; the message names the value and the fix."""
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """A benchmark run; fields left None take the full-run or --quick default (see FULL / QUICK)."""
+
+    model: str | Path | None = None  # local checkpoint folder; None: the offline random-weight GPT-2 small
+    output: str | Path = "bench-results"
+    quick: bool = False
+    backends: tuple[str, ...] = BACKENDS
+    threads: int = 2
+    prompt_lengths: tuple[int, ...] | None = None  # prefill sweep, batch 1
+    batch_sizes: tuple[int, ...] | None = None  # end-to-end tokens/s
+    decode_prompt: int | None = None  # prompt length before the per-token decode timing and generate()
+    new_tokens: int | None = None  # decode steps timed, and new tokens per generate()
+    repeats: int | None = None  # timed runs of prefill and decode (after warmup)
+    warmup: int | None = None
+    generate_repeats: int | None = None  # timed generate() calls per batch size (after one warm-up call)
+    agreement_prompts: int | None = None  # int8 / int4 greedy agreement with fp32: prompts x tokens
+    agreement_tokens: int | None = None
+    bandwidth_mib: int | None = None  # size of the array read to measure memory bandwidth
+    quiet_wait_s: int | None = None  # before each measurement, wait up to this long for other processes to idle
+    retries: int | None = None  # measure a backend again when other processes used the CPUs meanwhile
+    seed: int = 0
+    worker_timeout_s: float = 3600.0
+    extra: dict[str, Any] = field(default_factory=dict)  # recorded as is (e.g. the command line)
+
+    def __post_init__(self) -> None:
+        defaults = QUICK if self.quick else FULL
+        for name, value in defaults.items():
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, value)
+        for name in ("prompt_lengths", "batch_sizes", "backends"):
+            object.__setattr__(self, name, tuple(getattr(self, name)))
+        unknown = [b for b in self.backends if b not in BACKENDS]
+        if unknown:
+            raise BenchConfigError(f"unknown backend(s) {', '.join(unknown)}: choose from {', '.join(BACKENDS)}")
+        if not self.backends:
+            raise BenchConfigError(f"no backends selected: name at least one of {', '.join(BACKENDS)}")
+        for name in ("prompt_lengths", "batch_sizes"):
+            values = getattr(self, name)
+            if not values or any(not isinstance(v, int) or v < 1 for v in values):
+                raise BenchConfigError(f"{name}={values!r} must be a non-empty list of integers >= 1")
+        for name, minimum in (("threads", 1), ("decode_prompt", 1), ("new_tokens", 1), ("repeats", 1),
+                              ("warmup", 0), ("generate_repeats", 1), ("agreement_prompts", 1),
+                              ("agreement_tokens", 1), ("bandwidth_mib", 1), ("quiet_wait_s", 0), ("retries", 0)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < minimum:
+                raise BenchConfigError(f"{name}={value!r} must be an integer >= {minimum}")
+
+    @property
+    def output_dir(self) -> Path:
+        """The output folder as a Path."""
+        return Path(self.output)
+
+    def longest_sequence(self) -> int:
+        """The most positions any measurement needs (checked against the model's n_positions)."""
+        decode = self.decode_prompt + self.new_tokens
+        return max(max(self.prompt_lengths), decode, AGREEMENT_PROMPT_LENGTH + self.agreement_tokens)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready copy of every field."""
+        data = dataclasses.asdict(self)
+        data["model"] = str(self.model) if self.model is not None else None
+        data["output"] = str(self.output)
+        return data
+
+
+def parse_ints(text: str | None, option: str) -> tuple[int, ...] | None:
+    """'8,32,128' -> (8, 32, 128); None stays None; anything else names the option and the fix."""
+    if text is None:
+        return None
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError as e:
+        raise BenchConfigError(f"{option} {text!r} is not a comma-separated list of integers, e.g. 8,32,128") from e
+    if not values:
+        raise BenchConfigError(f"{option} is empty: give a comma-separated list of integers, e.g. 8,32,128")
+    return values
+
+
+def parse_backends(text: str | None) -> tuple[str, ...]:
+    """'hf-sdpa,ort-fused' -> ('hf-sdpa', 'ort-fused'); None or 'all' selects every backend."""
+    if text is None or text.strip() == "all":
+        return BACKENDS
+    return tuple(part.strip() for part in text.split(",") if part.strip())

@@ -1,0 +1,98 @@
+"""The three PNGs (matplotlib, Agg): prefill latency vs prompt length, decode latency vs position, tokens/s vs batch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from .config import BACKENDS
+
+PLOT_FILES = {
+    "prefill": "prefill_latency_vs_prompt_length.png",
+    "decode": "decode_latency_vs_position.png",
+    "throughput": "tokens_per_s_vs_batch.png",
+}
+STYLES = {"hf-": ("--", "o"), "optimum": ("-.", "s"), "reference": (":", "^")}  # ours: solid lines
+
+
+def _style(name: str) -> dict[str, Any]:
+    """A fixed colour per backend (tab20's dark shades in BACKENDS order) and a line style per family."""
+    from matplotlib import colormaps
+
+    index = BACKENDS.index(name) if name in BACKENDS else 0
+    color = colormaps["tab20"]((2 * index + index // 10) % 20)
+    for prefix, (line, marker) in STYLES.items():
+        if name.startswith(prefix):
+            return {"linestyle": line, "marker": marker, "color": color}
+    return {"linestyle": "-", "marker": ".", "color": color}
+
+
+def _figure(title: str, xlabel: str, ylabel: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.6), dpi=100)
+    ax.set_title(title, fontsize=11)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.grid(True, which="both", alpha=0.3)
+    return plt, fig, ax
+
+
+def _save(plt, fig, ax, path: Path) -> Path:
+    ax.legend(fontsize=7, loc="best", ncol=2)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def plot_prefill(summaries: dict[str, dict], subtitle: str, path: Path) -> Path:
+    """Median prefill ms vs prompt length (batch 1), log-log."""
+    plt, fig, ax = _figure(f"Prefill latency vs prompt length (batch 1)\n{subtitle}", "prompt length (tokens)",
+                           "median prefill latency (ms)")
+    for name, s in summaries.items():
+        lengths = sorted(int(k) for k in s["prefill_ms"])
+        ax.plot(lengths, [s["prefill_ms"][str(k)]["median"] for k in lengths], label=name, **_style(name))
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    return _save(plt, fig, ax, path)
+
+
+def plot_decode(summaries: dict[str, dict], floor_ms: float | None, subtitle: str, path: Path) -> Path:
+    """Median ms per decode step vs the new token's position (batch 1), with the memory floor."""
+    plt, fig, ax = _figure(f"Decode latency per token vs position (batch 1)\n{subtitle}", "position of the new token",
+                           "median latency per token (ms)")
+    for name, s in summaries.items():
+        by_position = s["decode_ms_by_position"]
+        style = _style(name)
+        ax.plot(by_position["positions"], by_position["median"], label=name, linewidth=1.2,
+                linestyle=style["linestyle"], color=style["color"])
+    if floor_ms:
+        ax.axhline(floor_ms, color="black", linewidth=1, label=f"fp32 memory floor {floor_ms:.2f} ms")
+    ax.set_yscale("log")
+    return _save(plt, fig, ax, path)
+
+
+def plot_throughput(summaries: dict[str, dict], subtitle: str, path: Path) -> Path:
+    """End-to-end generate() tokens/s vs batch size."""
+    plt, fig, ax = _figure(f"End-to-end tokens/s vs batch size\n{subtitle}", "batch size", "tokens/s (generate)")
+    batches: set[int] = set()
+    for name, s in summaries.items():
+        sizes = sorted(int(k) for k in s["generate"])
+        batches.update(sizes)
+        ax.plot(sizes, [s["generate"][str(b)]["tokens_per_s"] for b in sizes], label=name, **_style(name))
+    ax.set_xticks(sorted(batches))
+    ax.set_yscale("log")
+    return _save(plt, fig, ax, path)
+
+
+def plot_all(summaries: dict[str, dict], floor_ms: float | None, subtitle: str, folder: Path) -> dict[str, Path]:
+    """Write the three PNGs into `folder`; returns their paths by kind."""
+    return {
+        "prefill": plot_prefill(summaries, subtitle, folder / PLOT_FILES["prefill"]),
+        "decode": plot_decode(summaries, floor_ms, subtitle, folder / PLOT_FILES["decode"]),
+        "throughput": plot_throughput(summaries, subtitle, folder / PLOT_FILES["throughput"]),
+    }

@@ -1,0 +1,182 @@
+"""The run's outputs: results.json (everything raw + summaries) and results.md (tables, ratios, targets)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from .config import BASELINE, QUIET_SHARE
+
+JSON_FILE, MARKDOWN_FILE = "results.json", "results.md"
+SCHEMA = "gpt2-export-bench/1"
+
+
+def write_json(data: dict[str, Any], folder: Path) -> Path:
+    """results.json, indented so diffs between runs read."""
+    path = folder / JSON_FILE
+    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    return path
+
+
+def _num(value: float | None, digits: int = 1) -> str:
+    return "-" if value is None else f"{value:,.{digits}f}"
+
+
+def _x(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [_row(header), _row(["---"] * len(header)), *(_row(r) for r in rows)]
+
+
+def results_table(data: dict[str, Any]) -> list[str]:
+    """Rows = backends: prefill ms per prompt length, decode p50/p90/p99, tokens/s per batch, RSS, ratios."""
+    cfg, summaries, ratios = data["config"], data["summaries"], data["ratios"]["to_baseline"]
+    lengths, batches = [str(n) for n in cfg["prompt_lengths"]], [str(b) for b in cfg["batch_sizes"]]
+    header = (["backend"] + [f"prefill {n}" for n in lengths] + ["decode p50", "p90", "p99"]
+              + [f"tok/s B={b}" for b in batches] + ["peak RSS MB", f"decode vs {BASELINE}", "decode vs floor"])
+    rows = []
+    for name, s in summaries.items():
+        r = ratios.get(name, {})
+        rows.append([f"`{name}`"] + [_num(s["prefill_ms"].get(n, {}).get("median")) for n in lengths]
+                    + [_num(s["decode_ms"][p], 2) for p in ("p50", "p90", "p99")]
+                    + [_num(s["generate"].get(b, {}).get("tokens_per_s")) for b in batches]
+                    + [_num(s["peak_rss_mb"], 0), _x(r.get("decode_p50")), _x(r.get("decode_p50_vs_floor"))])
+    return _table(header, rows)
+
+
+def ratio_table(data: dict[str, Any]) -> list[str]:
+    """Rows = backends: time ratios to transformers (SDPA) and Optimum, speed-up of tokens/s at each batch."""
+    cfg, to_base, to_opt = data["config"], data["ratios"]["to_baseline"], data["ratios"]["to_optimum"]
+    lengths, batches = [str(n) for n in cfg["prompt_lengths"]], [str(b) for b in cfg["batch_sizes"]]
+    header = (["backend", f"decode / {BASELINE}", "decode / optimum"] + [f"prefill {n} / {BASELINE}" for n in lengths]
+              + [f"prefill {n} / optimum" for n in lengths[-1:]] + [f"tok/s B={b} / {BASELINE}" for b in batches]
+              + ["GB/s just before", "decode / floor just before"])
+    rows = []
+    for name in data["summaries"]:
+        base, opt = to_base.get(name, {}), to_opt.get(name, {})
+        rows.append([f"`{name}`", _x(base.get("decode_p50")), _x(opt.get("decode_p50"))]
+                    + [_x(base.get("prefill", {}).get(n)) for n in lengths]
+                    + [_x(opt.get("prefill", {}).get(n)) for n in lengths[-1:]]
+                    + [_x(base.get("tokens_per_s", {}).get(b)) for b in batches]
+                    + [_num(data["summaries"][name].get("bandwidth_gbs_before")),
+                       _x(base.get("decode_p50_vs_floor_just_before"))])
+    return _table(header, rows)
+
+
+def targets_table(targets: list[dict[str, Any]]) -> list[str]:
+    """Each target: value, limit, met / not met, and the numbers behind it."""
+    rows = []
+    for t in targets:
+        status = {True: "**met**", False: "**not met**", None: "not measured"}[t["met"]]
+        digits = 1 if t["unit"] == "tokens/s" else 3
+        value = "-" if t["value"] is None else (f"{t['value']:.1%}" if t["unit"] == "share" else
+                                                f"{t['value']:,.{digits}f} {t['unit']}")
+        limit = f"{t['limit']:.0%}" if t["unit"] == "share" else f"{t['limit']:g} {t['unit']}"
+        rows.append([t["name"], t["source"], f"`{t['backend']}`" if t["backend"] else "-", value,
+                     f"{t['comparison']} {limit}", status, t["detail"]])
+    return _table(["target", "source", "backend", "value", "limit", "status", "numbers"], rows)
+
+
+def _samples(bandwidth: dict[str, Any]) -> str:
+    """The spread of the bandwidth measured before each backend, when there is more than one sample."""
+    samples = bandwidth.get("samples_gbs") or []
+    if len(samples) < 2:
+        return ""
+    return (f"; {len(samples)} samples over the run (before each backend): {min(samples):.1f} to "
+            f"{max(samples):.1f} GB/s, median {statistics.median(samples):.1f}")
+
+
+def _header(data: dict[str, Any]) -> list[str]:
+    machine, model, cfg, floor = data["machine"], data["model"], data["config"], data["memory_floor"]
+    bw, v = machine["bandwidth"], machine["versions"]
+    versions = ", ".join(f"{k} {val}" for k, val in v.items() if val)
+    lines = [
+        "# gpt2-export benchmark",
+        "",
+        f"- Date: {data['created']}",
+        f"- Model: {model['source']}; {model['n_layer']} layers, n_embd {model['n_embd']}, vocab "
+        f"{model['vocab_size']}",
+        f"- Machine: {machine['cpu']}, {machine['usable_cores']} usable cores, {machine['memory_gb']} GB RAM, "
+        f"{' '.join(machine['cpu_flags'])}; {cfg['threads']} threads per backend",
+        f"- Memory read bandwidth: {bw['gbs']:.1f} GB/s at the start ({bw['method']}; 1 thread: "
+        f"{bw['sum_1_thread_gbs']:.1f} GB/s)" + _samples(bw),
+        f"- Memory floor (fp32 decode, batch 1): {floor['weight_mb']:.1f} MB of weights / "
+        f"{floor['bandwidth_gbs']:.1f} GB/s = **{floor['floor_ms']:.2f} ms per token**",
+        f"- Versions: {versions}",
+        f"- Shapes: prefill at {', '.join(map(str, cfg['prompt_lengths']))} tokens (batch 1); decode "
+        f"{cfg['new_tokens']} steps after a {cfg['decode_prompt']}-token prompt (batch 1); generate() "
+        f"{cfg['new_tokens']} new tokens at batch {', '.join(map(str, cfg['batch_sizes']))}; "
+        f"{cfg['repeats']} repeats after {cfg['warmup']} warm-up (generate: {cfg['generate_repeats']} after 1)",
+    ]
+    noisy = {name: b["raw"]["contention"]["other_processes_cpu_share"] for name, b in data["backends"].items()
+             if (b.get("raw") or {}).get("contention", {}).get("other_processes_cpu_share", 0.0) > QUIET_SHARE}
+    if noisy:
+        lines.append("- WARNING: other processes used the CPUs while these backends ran, so their numbers are "
+                     "pessimistic: " + ", ".join(f"{n} {share:.0%}" for n, share in noisy.items()))
+    if model["random_weights"]:
+        lines.append("- Weights are RANDOM (the offline default): speed is representative, generated text and "
+                     "int8/int4 agreement are not (near-uniform logits flip on tiny quantization noise)")
+    if cfg["quick"]:
+        lines.append("- QUICK MODE: tiny shapes, one repeat; a smoke test, not a measurement")
+    return lines
+
+
+def _agreement(agreement: dict[str, Any] | None) -> list[str]:
+    if not agreement or "variants" not in agreement:
+        reason = (agreement or {}).get("reason", "not run (select ort-int8 or ort-int4)")
+        return ["## int8 / int4 greedy agreement with fp32", "", f"- {reason}"]
+    lines = ["## int8 / int4 greedy agreement with fp32", "",
+             f"{agreement['prompts']} prompts x {agreement['new_tokens']} new tokens (prompt "
+             f"{agreement['prompt_length']} tokens); reference {agreement['reference']}; fp32 top-1 margin median "
+             f"{agreement['fp32_top1_margin_median']:.3f} logits, {agreement['fp32_distinct_tokens']} distinct "
+             "tokens generated.", ""]
+    rows = [[f"`{name}`", f"{v['teacher_forced']:.1%}", f"{v['free_running']:.1%}", f"{v['common_prefix_mean']:.1f}"]
+            for name, v in agreement["variants"].items()]
+    return lines + _table(["backend", "teacher-forced", "free-running", "common prefix (tokens)"], rows)
+
+
+def markdown(data: dict[str, Any]) -> str:
+    """results.md: header, results table, ratios, targets, agreement, skipped backends, backend labels."""
+    lines = _header(data) + [
+        "", "## Results", "",
+        "Median prefill ms per prompt length; decode ms per token (p50/p90/p99 over every step of every repeat); "
+        "end-to-end generate() tokens/s per batch size; peak RSS of the backend's own process.", "",
+        *results_table(data), "",
+        "## Ratios in the same run (time: lower is better; tokens/s: higher is better)", "",
+        *ratio_table(data), "",
+        "## Targets", "", *targets_table(data["targets"]), "",
+        *_agreement(data.get("agreement")), "",
+    ]
+    others = {n: b for n, b in data["backends"].items() if b["status"] != "ok"}
+    if others:
+        lines += ["## Skipped or failed backends", ""]
+        lines += [f"- `{n}` ({b['status']}): {b['reason']}" for n, b in others.items()] + [""]
+    matches = data.get("token_match_vs_baseline") or {}
+    lines += ["## Backends", ""]
+    for name, b in data["backends"].items():
+        match = f"; batch-1 greedy tokens equal to {BASELINE}'s: {matches[name]:.0%}" if name in matches else ""
+        busy = (b.get("raw") or {}).get("contention") or {}
+        other = (f"; other processes used {busy['other_processes_cpu_share']:.0%} of the CPUs while it was measured"
+                 if busy else "")
+        raw = b.get("raw") or {}
+        redone = raw.get("decode", {}).get("discarded_noisy_runs", 0) + sum(
+            g.get("discarded_noisy_calls", 0) for g in raw.get("generate", {}).values())
+        again = f"; {redone} noisy decode run(s) / generate() call(s) measured again" if redone else ""
+        lines.append(f"- `{name}`: {b['label']}{match}{other}{again}")
+    return "\n".join(lines) + "\n"
+
+
+def write_markdown(data: dict[str, Any], folder: Path) -> tuple[Path, str]:
+    """results.md and its text."""
+    text = markdown(data)
+    path = folder / MARKDOWN_FILE
+    path.write_text(text, encoding="utf-8")
+    return path, text

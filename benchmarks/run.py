@@ -1,0 +1,190 @@
+"""`run_benchmark(config)`: build or reuse the exports, run every backend in its own process, write the report.
+
+Order: the machine (versions, memory bandwidth), the artifacts (checkpoint folder, our export variants,
+Optimum's export), each backend's worker, the int8 / int4 agreement worker, then results.json,
+results.md and the PNGs in the output folder. A backend that cannot run here is skipped with its
+reason; one that fails is reported as failed with the end of its log; neither stops the run.
+"""
+
+from __future__ import annotations
+
+import datetime
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gpt2_export.progress import Reporter, silent, stage
+
+from . import analysis, artifacts, machine, plots, report
+from .backends import LABELS, RUNTIME_BACKENDS, unavailable_reason
+from .config import BACKENDS, BASELINE, QUIET_SHARE, BenchConfig
+from .measure import WorkerError, run_worker, wait_for_quiet
+
+
+@dataclass
+class BenchResult:
+    """What a run wrote: the JSON data, the markdown text, and every file's path."""
+
+    output: Path
+    data: dict[str, Any]
+    markdown: str
+    files: dict[str, Path]
+
+
+def _plan(config: BenchConfig) -> dict[str, Any]:
+    """The measurement shapes a worker needs."""
+    keys = ("prompt_lengths", "batch_sizes", "decode_prompt", "new_tokens", "repeats", "warmup",
+            "generate_repeats", "agreement_prompts", "agreement_tokens", "seed", "threads")
+    return {**{key: getattr(config, key) for key in keys}, "quiet_share": QUIET_SHARE if config.retries else None}
+
+
+def _check_positions(config: BenchConfig, model_config: dict[str, Any]) -> None:
+    """Every measured sequence must fit the model's n_positions."""
+    limit = model_config.get("n_positions", model_config.get("n_ctx"))
+    if limit is not None and config.longest_sequence() > limit:
+        raise ValueError(
+            f"the benchmark needs {config.longest_sequence()} positions but the model has n_positions {limit}: "
+            "lower --prompt-lengths or --new-tokens"
+        )
+
+
+def _variants(runnable: list[str]) -> list[str]:
+    """Our export variants the selected backends need (the fp32 fused one too when int8 / int4 are compared)."""
+    needed = {RUNTIME_BACKENDS[name][0] for name in runnable if name in RUNTIME_BACKENDS}
+    if needed & {"int8", "int4"}:
+        needed.add("fused")
+    return sorted(needed)
+
+
+def _export_optimum(arts: artifacts.Artifacts, config: BenchConfig, workdir: Path, report_: Reporter) -> None:
+    """Optimum's export into the cache (in a worker), or the reason it is missing."""
+    folder = arts.root / "optimum"
+    spec = {"job": "optimum-export", "artifacts": arts.for_worker(), "folder": str(folder)}
+    try:
+        with stage("export with Optimum (ORTModelForCausalLM, export=True)", report_):
+            run_worker(spec, workdir, "optimum-export", config.threads, config.worker_timeout_s, report_)
+        arts.optimum = folder
+    except WorkerError as e:
+        arts.optimum_error = f"Optimum's export failed: {e}"
+
+
+def _run_backends(runnable: list[str], arts: artifacts.Artifacts, config: BenchConfig, workdir: Path,
+                  report_: Reporter) -> dict[str, dict]:
+    results = {}
+    for name in runnable:
+        spec = {"job": "backend", "backend": name, "artifacts": arts.for_worker(), "plan": _plan(config)}
+        for attempt in range(1, config.retries + 2):
+            wait_for_quiet(QUIET_SHARE, config.quiet_wait_s, report_)
+            bandwidth = machine.read_bandwidth(config.bandwidth_mib, config.threads, passes=3)["gbs"]
+            try:
+                with stage(f"backend {name}", report_):
+                    result = run_worker(spec, workdir, name, config.threads, config.worker_timeout_s, report_)
+            except WorkerError as e:
+                result = {"backend": name, "status": "failed", "reason": str(e)}
+            result["attempts"] = attempt
+            result["bandwidth_gbs_before"] = bandwidth  # drift check: the floor just before this backend ran
+            share = result.get("contention", {}).get("other_processes_cpu_share", 0.0)
+            if result["status"] != "ok" or share <= QUIET_SHARE or attempt > config.retries:
+                break
+            report_(f"  other processes used {share:.0%} of the CPUs during {name}: measuring it again")
+        results[name] = result
+        if results[name]["status"] != "ok":
+            report_(f"  {name} {results[name]['status']}: {results[name]['reason']}")
+    return results
+
+
+def _run_agreement(runnable: list[str], arts: artifacts.Artifacts, config: BenchConfig, workdir: Path,
+                   report_: Reporter) -> dict[str, Any] | None:
+    quantized = [name for name in ("ort-int8", "ort-int4") if name in runnable]
+    if not quantized:
+        return None
+    exports = {"fused": str(arts.exports["fused"])}
+    exports.update({RUNTIME_BACKENDS[n][0]: str(arts.exports[RUNTIME_BACKENDS[n][0]]) for n in quantized})
+    spec = {"job": "agreement", "artifacts": {**arts.for_worker(), "exports": exports}, "plan": _plan(config)}
+    try:
+        with stage("int8 / int4 greedy agreement with fp32", report_):
+            return run_worker(spec, workdir, "agreement", config.threads, config.worker_timeout_s, report_)
+    except WorkerError as e:
+        return {"reason": f"agreement failed: {e}"}
+
+
+def analyse(config: BenchConfig, machine_info: dict, arts: artifacts.Artifacts, results: dict[str, dict],
+            agreement: dict[str, Any] | None) -> dict[str, Any]:
+    """results.json's content: config, machine, model, raw results, summaries, ratios, floor, targets."""
+    ok = {name: r for name, r in results.items() if r["status"] == "ok"}
+    summaries = {name: analysis.summarize_backend(r) for name, r in ok.items()}
+    samples = [machine_info["bandwidth"]["gbs"]] + [r["bandwidth_gbs_before"] for r in results.values()
+                                                    if "bandwidth_gbs_before" in r]
+    machine_info["bandwidth"]["samples_gbs"] = samples
+    floor = analysis.memory_floor(arts.config, float(np.median(samples)))
+    backends = {}
+    for name, r in results.items():
+        entry = {"status": r["status"], "label": LABELS[name], "reason": r.get("reason")}
+        if r["status"] == "ok":
+            entry["raw"] = {k: v for k, v in r.items() if k not in ("backend", "status")}
+        backends[name] = entry
+    model = {"source": arts.source, "random_weights": arts.random_weights, "checkpoint": str(arts.checkpoint),
+             **{k: arts.config.get(k) for k in ("n_layer", "n_head", "n_embd", "vocab_size", "n_positions")}}
+    return {
+        "schema": report.SCHEMA,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": config.to_dict(),
+        "machine": machine_info,
+        "model": model,
+        "memory_floor": floor,
+        "baseline": BASELINE,
+        "backends": backends,
+        "summaries": summaries,
+        "ratios": {"to_baseline": analysis.ratios_to(summaries, BASELINE, floor["floor_ms"], floor["bandwidth_gbs"]),
+                   "to_optimum": analysis.ratios_to(summaries, analysis.OPTIMUM, None)},
+        "token_match_vs_baseline": analysis.token_match(summaries, ok, BASELINE),
+        "agreement": agreement,
+        "targets": analysis.evaluate_targets(summaries, floor, agreement),
+    }
+
+
+def run_benchmark(config: BenchConfig, report_: Reporter = silent) -> BenchResult:
+    """Measure every selected backend side by side and write results.json, results.md and three PNGs."""
+    output = config.output_dir
+    output.mkdir(parents=True, exist_ok=True)
+    workdir = output / "logs"
+    shutil.rmtree(workdir, ignore_errors=True)  # no stale results of backends this run does not select
+    selected = [name for name in BACKENDS if name in config.backends]
+    skipped = {name: reason for name in selected if (reason := unavailable_reason(name)) is not None}
+    runnable = [name for name in selected if name not in skipped]
+    arts = artifacts.resolve(config.model, output, report_)
+    report_(f"model: {arts.source}")
+    _check_positions(config, arts.config)
+    wait_for_quiet(QUIET_SHARE, config.quiet_wait_s, report_)
+    with stage("machine: versions and memory read bandwidth", report_):
+        machine_info = machine.describe(config.threads, config.bandwidth_mib, passes=3 if config.quick else 5)
+        report_(f"  {machine_info['cpu']}: {machine_info['bandwidth']['gbs']:.1f} GB/s read")
+    artifacts.build_exports(arts, _variants(runnable), report_)
+    if "optimum-ort" in runnable:
+        _export_optimum(arts, config, workdir, report_)
+    results = _run_backends(runnable, arts, config, workdir, report_)
+    for name, reason in skipped.items():
+        results[name] = {"backend": name, "status": "skipped", "reason": reason}
+        report_(f"  {name} skipped: {reason}")
+    results = {name: results[name] for name in selected}
+    agreement = _run_agreement([n for n in runnable if results[n]["status"] == "ok"], arts, config, workdir,
+                               report_)
+    data = analyse(config, machine_info, arts, results, agreement)
+    files, text = write_outputs(data, output)
+    return BenchResult(output, data, text, files)
+
+
+def write_outputs(data: dict[str, Any], output: Path) -> tuple[dict[str, Path], str]:
+    """The three PNGs, results.json and results.md from the analysed data (also re-renders a saved run)."""
+    model = data["model"]
+    model_label = "GPT-2 small shape, random weights" if model["random_weights"] else Path(model["checkpoint"]).name
+    subtitle = f"{model_label}; {data['machine']['cpu']}, {data['config']['threads']} threads"
+    files = {f"plot_{kind}": path for kind, path in
+             plots.plot_all(data["summaries"], data["memory_floor"]["floor_ms"], subtitle, output).items()}
+    data["files"] = {kind: path.name for kind, path in files.items()}
+    files["json"] = report.write_json(data, output)
+    files["markdown"], text = report.write_markdown(data, output)
+    return files, text

@@ -1,0 +1,186 @@
+"""The benchmark suite as a specification: what a run writes and how it computes ratios. Speed is never asserted.
+
+One quick run on the tiny transformers-written checkpoint (module fixture) feeds most tests; its backends
+cover each kind: transformers (the baseline), our runtime fp32 and int8 (so the agreement check runs),
+Optimum when installed, and a GPU provider that is skipped with its reason where there is no GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import pytest
+from click.testing import CliRunner
+
+from benchmarks import BACKENDS, BASELINE, BenchConfig, BenchConfigError, run_benchmark
+from benchmarks.analysis import decode_weight_bytes
+from benchmarks.config import parse_backends, parse_ints
+from benchmarks.measure import summarize
+from gpt2_export.cli import main
+
+SELECTED = ("hf-sdpa", "optimum-ort", "ort-fused", "ort-int8", "ort-fused-cuda")
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def bench_output(tmp_path_factory):
+    """The output folder of the run below (the CLI test reuses its cached exports)."""
+    return tmp_path_factory.mktemp("bench")
+
+
+@pytest.fixture(scope="module")
+def bench(hf_checkpoints, bench_output):
+    """One --quick run with two repeats on the tiny lm checkpoint."""
+    config = BenchConfig(model=hf_checkpoints["lm"], output=bench_output, quick=True, backends=SELECTED, repeats=2)
+    return run_benchmark(config)
+
+
+def test_results_json_records_config_machine_model_raw_and_summaries(bench):
+    data = json.loads(bench.files["json"].read_text())
+    assert data["schema"] == "gpt2-export-bench/1" and data["baseline"] == BASELINE
+    assert data["config"]["quick"] is True and data["config"]["repeats"] == 2
+    machine = data["machine"]
+    assert machine["cpu"] and machine["usable_cores"] >= 1 and machine["bandwidth"]["gbs"] > 0
+    assert {"torch", "transformers", "onnxruntime", "onnx", "numpy", "gpt2-export"} <= set(machine["versions"])
+    assert data["model"]["random_weights"] is False and data["model"]["n_layer"] == 2
+    assert list(data["backends"]) == [name for name in BACKENDS if name in SELECTED]
+    for name, backend in data["backends"].items():
+        assert backend["status"] in ("ok", "skipped", "failed") and backend["label"]
+        if backend["status"] != "ok":
+            assert backend["reason"], name
+            continue
+        raw, summary = backend["raw"], data["summaries"][name]
+        assert set(raw["prefill_s"]) == set(summary["prefill_ms"]) == {"4", "8"}
+        assert all(len(samples) == 2 for samples in raw["prefill_s"].values())  # repeats, warm-up dropped
+        assert len(raw["decode"]["runs_s"]) == 2 and len(raw["decode"]["runs_s"][0]) == 4  # repeats x new tokens
+        assert summary["decode_ms_by_position"]["positions"] == [4, 5, 6, 7]
+        assert set(summary["generate"]) == {"1", "2"} and raw["peak_rss_mb"] > 0
+        assert all(entry["tokens_per_s"] > 0 for entry in summary["generate"].values())
+    for name in ("hf-sdpa", "ort-fused", "ort-int8"):
+        assert data["backends"][name]["status"] == "ok", data["backends"][name]["reason"]
+
+
+def test_backends_that_cannot_run_here_are_skipped_with_the_reason(bench):
+    cuda = bench.data["backends"]["ort-fused-cuda"]
+    if cuda["status"] == "skipped":
+        assert "CUDAExecutionProvider" in cuda["reason"]
+        assert f"`ort-fused-cuda` (skipped): {cuda['reason']}" in bench.markdown
+    optimum = bench.data["backends"]["optimum-ort"]
+    assert optimum["status"] == "ok" or "optimum" in optimum["reason"].lower()
+
+
+def test_percentiles_are_ordered(bench):
+    for name, summary in bench.data["summaries"].items():
+        for stats in [*summary["prefill_ms"].values(), summary["decode_ms"]]:
+            assert stats["min"] <= stats["p50"] <= stats["p90"] <= stats["p99"] <= stats["max"], name
+            assert stats["p50"] == pytest.approx(stats["median"])
+
+
+def test_ratios_are_to_transformers_and_optimum_in_the_same_run(bench):
+    summaries, ratios = bench.data["summaries"], bench.data["ratios"]
+    base = summaries[BASELINE]
+    for name, summary in summaries.items():
+        r = ratios["to_baseline"][name]
+        assert r["decode_p50"] == pytest.approx(summary["decode_ms"]["p50"] / base["decode_ms"]["p50"])
+        for length, stats in summary["prefill_ms"].items():
+            assert r["prefill"][length] == pytest.approx(stats["median"] / base["prefill_ms"][length]["median"])
+        for batch, entry in summary["generate"].items():
+            expected = entry["tokens_per_s"] / base["generate"][batch]["tokens_per_s"]
+            assert r["tokens_per_s"][batch] == pytest.approx(expected)
+        floor = bench.data["memory_floor"]["floor_ms"]
+        assert r["decode_p50_vs_floor"] == pytest.approx(summary["decode_ms"]["p50"] / floor)
+    assert ratios["to_baseline"][BASELINE]["decode_p50"] == pytest.approx(1.0)
+    if "optimum-ort" in summaries:
+        opt = summaries["optimum-ort"]["decode_ms"]["p50"]
+        assert ratios["to_optimum"]["ort-fused"]["decode_p50"] == pytest.approx(
+            summaries["ort-fused"]["decode_ms"]["p50"] / opt)
+
+
+def test_markdown_has_a_row_per_backend_ratios_targets_and_agreement(bench):
+    text = bench.files["markdown"].read_text()
+    assert text == bench.markdown
+    for name, backend in bench.data["backends"].items():
+        if backend["status"] == "ok":
+            for heading in ("## Results", "## Ratios in the same run"):
+                rows = [line for line in _section(text, heading) if line.startswith(f"| `{name}` |")]
+                assert len(rows) == 1, (heading, name)
+        else:
+            assert f"- `{name}` ({backend['status']}): " in text
+    for heading in ("## Results", "## Ratios in the same run", "## Targets", "## int8 / int4 greedy agreement"):
+        assert heading in text
+    assert "Memory floor" in text and "GB/s" in text and "QUICK MODE" in text
+
+
+def _section(text: str, heading: str) -> list[str]:
+    """The lines of a markdown section, up to the next heading."""
+    after = text.split(heading, 1)[1].splitlines()[1:]
+    return after[: next((i for i, line in enumerate(after) if line.startswith("## ")), len(after))]
+
+
+def test_targets_report_value_limit_and_status(bench):
+    targets = bench.data["targets"]
+    names = [t["name"] for t in targets]
+    assert "fp32 decode / memory floor" in names and "int8 decode / memory floor" in names
+    for target in targets:
+        assert target["met"] in (True, False, None) and target["limit"] > 0
+        assert (target["value"] is None) == (target["met"] is None)
+        assert target["comparison"] in ("<=", ">=")
+    agreement = bench.data["agreement"]["variants"]["ort-int8"]
+    assert 0.0 <= agreement["teacher_forced"] <= 1.0 and 0.0 <= agreement["free_running"] <= 1.0
+
+
+def test_plots_are_png_files(bench):
+    for kind in ("plot_prefill", "plot_decode", "plot_throughput"):
+        data = bench.files[kind].read_bytes()
+        assert data[:8] == PNG_SIGNATURE, kind
+        width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
+        assert width > 200 and height > 200
+        assert bench.data["files"][kind] == bench.files[kind].name
+
+
+def test_cli_bench_quick_prints_the_table(hf_checkpoints, bench_output, bench):
+    args = ["bench", "--quick", "--model", str(hf_checkpoints["lm"]), "--output", str(bench_output),
+            "--backends", "hf-sdpa,ort-fused", "--prompt-lengths", "4,6"]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "# gpt2-export benchmark" in result.stdout and "| `ort-fused` |" in result.stdout
+    assert "| backend | prefill 4 | prefill 6 |" in result.stdout
+    assert "[backend ort-fused]" in result.stderr  # progress per backend and stage on stderr
+    assert json.loads((bench_output / "results.json").read_text())["config"]["prompt_lengths"] == [4, 6]
+
+
+def test_cli_rejects_a_missing_checkpoint_without_downloading(tmp_path):
+    result = CliRunner().invoke(main, ["bench", "--quick", "--model", str(tmp_path / "nope"), "--output",
+                                       str(tmp_path / "out")])
+    assert result.exit_code != 0 and "not a local checkpoint folder" in result.output
+
+
+def test_config_validation_names_the_value_and_the_fix():
+    with pytest.raises(BenchConfigError, match="unknown backend.*choose from"):
+        BenchConfig(backends=("tensorflow",))
+    with pytest.raises(BenchConfigError, match="prompt_lengths"):
+        BenchConfig(prompt_lengths=(0, 8))
+    with pytest.raises(BenchConfigError, match="comma-separated"):
+        parse_ints("8,x", "--prompt-lengths")
+    assert parse_ints("8, 32", "--prompt-lengths") == (8, 32) and parse_backends(None) == BACKENDS
+    full, quick = BenchConfig(), BenchConfig(quick=True, repeats=3)
+    assert full.prompt_lengths == (8, 32, 128, 512) and full.batch_sizes == (1, 4, 8) and full.new_tokens == 128
+    assert quick.repeats == 3 and quick.new_tokens < full.new_tokens
+
+
+def test_a_sequence_longer_than_n_positions_is_refused(hf_checkpoints, tmp_path):
+    config = BenchConfig(model=hf_checkpoints["lm"], output=tmp_path, quick=True, prompt_lengths=(100,))
+    with pytest.raises(ValueError, match="n_positions 64"):
+        run_benchmark(config)
+
+
+def test_percentiles_use_numpy_linear_interpolation():
+    stats = summarize([float(i) for i in range(1, 101)], scale=2.0)
+    assert stats["p50"] == pytest.approx(101.0) and stats["p90"] == pytest.approx(180.2)
+    assert stats["p99"] == pytest.approx(198.02) and stats["n"] == 100
+
+
+def test_memory_floor_counts_gpt2_small_decode_weights_once():
+    gpt2_small = {"n_layer": 12, "n_embd": 768, "vocab_size": 50257, "n_inner": None}
+    assert decode_weight_bytes(gpt2_small) / 1e6 == pytest.approx(494.6, abs=0.1)  # blocks + tied head, ~495 MB

@@ -40,6 +40,12 @@ def _sampling_options(fn: Callable) -> Callable:
     return fn
 
 
+def _decoding_options(max_new_tokens, sample, temperature, top_k, top_p, seed, num_beams) -> dict:
+    """The shared sampling options as generate() keyword arguments (the same names in models and runtime)."""
+    return dict(max_new_tokens=max_new_tokens, do_sample=sample, temperature=temperature, top_k=top_k, top_p=top_p,
+                seed=seed, num_beams=num_beams)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gpt2-export")
 def main() -> None:
@@ -67,17 +73,8 @@ def reference_generate(model_path, prompt, max_new_tokens, sample, temperature, 
     ids = ref.tokenizer.encode(prompt)
     if not ids:
         raise click.ClickException("the prompt encodes to no tokens: give a non-empty --prompt")
-    input_ids = torch.tensor([ids])
-    output = ref.model.generate(
-        input_ids,
-        max_new_tokens=max_new_tokens,
-        do_sample=sample,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-        num_beams=num_beams,
-    )
+    options = _decoding_options(max_new_tokens, sample, temperature, top_k, top_p, seed, num_beams)
+    output = ref.model.generate(torch.tensor([ids]), **options)
     click.echo(prompt + ref.tokenizer.decode(output[0, len(ids) :].tolist()))
     sys.stdout.flush()
 
@@ -167,15 +164,7 @@ def generate_command(
     import runtime
 
     model = runtime.load(folder, provider=provider, threads=threads)
-    options = dict(
-        max_new_tokens=max_new_tokens,
-        do_sample=sample,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-        num_beams=num_beams,
-    )
+    options = _decoding_options(max_new_tokens, sample, temperature, top_k, top_p, seed, num_beams)
     click.echo(prompt, nl=False)
     if num_beams > 1:
         click.echo(model.generate_text(prompt, **options))

@@ -61,8 +61,7 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def ratios_to(summaries: dict[str, dict], reference: str, floor_ms: float | None,
-              floor_bandwidth_gbs: float | None = None) -> dict[str, dict]:
+def ratios_to(summaries: dict[str, dict], reference: str, floor_ms: float | None) -> dict[str, dict]:
     """Per backend: decode p50, prefill medians and tokens/s relative to `reference` (same run)."""
     ref = summaries.get(reference)
     out = {}
@@ -76,10 +75,6 @@ def ratios_to(summaries: dict[str, dict], reference: str, floor_ms: float | None
                                      for k, v in s["generate"].items()}
         if floor_ms:
             entry["decode_p50_vs_floor"] = s["decode_ms"]["p50"] / floor_ms
-            if s.get("bandwidth_gbs_before") and floor_bandwidth_gbs:
-                # the floor at the bandwidth measured just before this backend (drift between backends)
-                own_floor = floor_ms * floor_bandwidth_gbs / s["bandwidth_gbs_before"]
-                entry["decode_p50_vs_floor_just_before"] = s["decode_ms"]["p50"] / own_floor
         out[name] = entry
     return out
 

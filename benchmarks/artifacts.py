@@ -41,6 +41,7 @@ class Artifacts:
     config: dict[str, Any]
     root: Path  # the cache folder of this checkpoint
     exports: dict[str, Path] = field(default_factory=dict)
+    export_errors: dict[str, str] = field(default_factory=dict)
     optimum: Path | None = None
     optimum_error: str | None = None
 
@@ -154,10 +155,14 @@ def resolve(model: str | Path | None, output: Path, report: Reporter) -> Artifac
 
 
 def build_exports(artifacts: Artifacts, variants: list[str], report: Reporter) -> None:
-    """Every export `variants` names, into the cache (Optimum's is made by a worker, see export_optimum)."""
+    """Every export `variants` names, into the cache; a failed one is recorded (its backends fail, not the run)."""
     for variant in variants:
-        artifacts.exports[variant] = build_export(artifacts.checkpoint, variant,
-                                                  artifacts.root / "exports" / variant, report)
+        try:
+            artifacts.exports[variant] = build_export(artifacts.checkpoint, variant,
+                                                      artifacts.root / "exports" / variant, report)
+        except Exception as e:  # the exporter's own errors and whatever a quantizer raises
+            artifacts.export_errors[variant] = f"the {variant} export failed: {type(e).__name__}: {e}"
+            report(f"  {artifacts.export_errors[variant]}")
 
 
 def export_optimum(checkpoint: str, folder: str) -> str:

@@ -1,8 +1,9 @@
 """Timing and isolation: warm-up + repeats, medians and p50/p90/p99, peak RSS, one subprocess per backend.
 
-Each backend runs in its own `python -m benchmarks.worker` process, so its peak RSS
-(`getrusage(RUSAGE_SELF).ru_maxrss` read in the child) is its own and no backend's thread pools,
-allocator caches or imported libraries (torch, onnxruntime) skew another's timings.
+Each backend runs in its own `python -m benchmarks.worker` process, so its peak RSS (read in the child:
+VmHWM on Linux, see peak_rss_mb) is its own and no backend's thread pools, allocator caches or imported
+libraries (torch, onnxruntime) skew another's timings. These machines are shared: /proc/stat tells how
+much CPU other processes took while something was measured, and noisy measurements are taken again.
 """
 
 from __future__ import annotations

@@ -41,6 +41,19 @@ def _figure(title: str, xlabel: str, ylabel: str):
     return plt, fig, ax
 
 
+def _plain_numbers(ax, axes: str = "xy") -> None:
+    """Log axes labelled 10, 20, 50 ... instead of 10^1, 2x10^1."""
+    from matplotlib.ticker import LogLocator, ScalarFormatter
+
+    for name in axes:
+        axis = ax.xaxis if name == "x" else ax.yaxis
+        if axis.get_scale() != "log":
+            continue
+        axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        axis.set_major_formatter(ScalarFormatter())
+        axis.set_minor_formatter(ScalarFormatter() if name == "x" else "")
+
+
 def _save(plt, fig, ax, path: Path) -> Path:
     ax.legend(fontsize=7, loc="best", ncol=2)
     fig.tight_layout()
@@ -58,6 +71,10 @@ def plot_prefill(summaries: dict[str, dict], subtitle: str, path: Path) -> Path:
         ax.plot(lengths, [s["prefill_ms"][str(k)]["median"] for k in lengths], label=name, **_style(name))
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
+    _plain_numbers(ax, "y")
+    all_lengths = sorted({int(k) for s in summaries.values() for k in s["prefill_ms"]})
+    ax.set_xticks(all_lengths, [str(n) for n in all_lengths])
+    ax.xaxis.set_minor_locator(plt.NullLocator())
     return _save(plt, fig, ax, path)
 
 
@@ -73,6 +90,7 @@ def plot_decode(summaries: dict[str, dict], floor_ms: float | None, subtitle: st
     if floor_ms:
         ax.axhline(floor_ms, color="black", linewidth=1, label=f"fp32 memory floor {floor_ms:.2f} ms")
     ax.set_yscale("log")
+    _plain_numbers(ax, "y")
     return _save(plt, fig, ax, path)
 
 
@@ -86,6 +104,7 @@ def plot_throughput(summaries: dict[str, dict], subtitle: str, path: Path) -> Pa
         ax.plot(sizes, [s["generate"][str(b)]["tokens_per_s"] for b in sizes], label=name, **_style(name))
     ax.set_xticks(sorted(batches))
     ax.set_yscale("log")
+    _plain_numbers(ax, "y")
     return _save(plt, fig, ax, path)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import statistics
 from pathlib import Path
 from typing import Any
@@ -13,10 +14,25 @@ JSON_FILE, MARKDOWN_FILE = "results.json", "results.md"
 SCHEMA = "gpt2-export-bench/1"
 
 
+def _rounded(value: Any) -> Any:
+    """Floats to 6 significant digits (a microsecond of a second, far below the noise), recursively."""
+    if isinstance(value, float):
+        return float(f"{value:.6g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
+
+
 def write_json(data: dict[str, Any], folder: Path) -> Path:
-    """results.json, indented so diffs between runs read."""
+    """results.json: indented so diffs between runs read; floats to 6 significant digits."""
     path = folder / JSON_FILE
-    path.write_text(json.dumps(data, indent=1) + "\n", encoding="utf-8")
+    text = json.dumps(_rounded(data), indent=1)
+    # Lists of numbers on one line each: thousands of per-step samples would otherwise take a line apiece.
+    text = re.sub(r"\[\s*([-+\deE.,\s]+?)\s*\]", lambda m: "[" + ", ".join(m.group(1).split()).replace(",,", ",") + "]",
+                  text)
+    path.write_text(text + "\n", encoding="utf-8")
     return path
 
 
@@ -57,17 +73,14 @@ def ratio_table(data: dict[str, Any]) -> list[str]:
     cfg, to_base, to_opt = data["config"], data["ratios"]["to_baseline"], data["ratios"]["to_optimum"]
     lengths, batches = [str(n) for n in cfg["prompt_lengths"]], [str(b) for b in cfg["batch_sizes"]]
     header = (["backend", f"decode / {BASELINE}", "decode / optimum"] + [f"prefill {n} / {BASELINE}" for n in lengths]
-              + [f"prefill {n} / optimum" for n in lengths[-1:]] + [f"tok/s B={b} / {BASELINE}" for b in batches]
-              + ["GB/s just before", "decode / floor just before"])
+              + [f"prefill {n} / optimum" for n in lengths[-1:]] + [f"tok/s B={b} / {BASELINE}" for b in batches])
     rows = []
     for name in data["summaries"]:
         base, opt = to_base.get(name, {}), to_opt.get(name, {})
         rows.append([f"`{name}`", _x(base.get("decode_p50")), _x(opt.get("decode_p50"))]
                     + [_x(base.get("prefill", {}).get(n)) for n in lengths]
                     + [_x(opt.get("prefill", {}).get(n)) for n in lengths[-1:]]
-                    + [_x(base.get("tokens_per_s", {}).get(b)) for b in batches]
-                    + [_num(data["summaries"][name].get("bandwidth_gbs_before")),
-                       _x(base.get("decode_p50_vs_floor_just_before"))])
+                    + [_x(base.get("tokens_per_s", {}).get(b)) for b in batches])
     return _table(header, rows)
 
 
@@ -86,12 +99,12 @@ def targets_table(targets: list[dict[str, Any]]) -> list[str]:
 
 
 def _samples(bandwidth: dict[str, Any]) -> str:
-    """The spread of the bandwidth measured before each backend, when there is more than one sample."""
+    """The spread of the bandwidth measured before each backend, when it was."""
     samples = bandwidth.get("samples_gbs") or []
-    if len(samples) < 2:
+    if not samples:
         return ""
-    return (f"; {len(samples)} samples over the run (before each backend): {min(samples):.1f} to "
-            f"{max(samples):.1f} GB/s, median {statistics.median(samples):.1f}")
+    return (f"; re-measured before each backend: {min(samples):.1f} to {max(samples):.1f} GB/s (median "
+            f"{statistics.median(samples):.1f}; a drift diagnostic, not used for the floor)")
 
 
 def _header(data: dict[str, Any]) -> list[str]:

@@ -1,20 +1,19 @@
 """`run_benchmark(config)`: build or reuse the exports, run every backend in its own process, write the report.
 
-Order: the machine (versions, memory bandwidth), the artifacts (checkpoint folder, our export variants,
-Optimum's export), each backend's worker, the int8 / int4 agreement worker, then results.json,
-results.md and the PNGs in the output folder. A backend that cannot run here is skipped with its
+Order: the checkpoint folder, the machine (versions, memory bandwidth), our export variants and Optimum's
+export, each backend's worker, the int8 / int4 agreement worker, then results.json, results.md and the
+PNGs in the output folder. A backend that cannot run here is skipped with its
 reason; one that fails is reported as failed with the end of its log; neither stops the run.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from gpt2_export.progress import Reporter, silent, stage
 
@@ -73,8 +72,13 @@ def _export_optimum(arts: artifacts.Artifacts, config: BenchConfig, workdir: Pat
 
 def _run_backends(runnable: list[str], arts: artifacts.Artifacts, config: BenchConfig, workdir: Path,
                   report_: Reporter) -> dict[str, dict]:
+    """Each backend in its own worker, after the machine is quiet; again when others took the CPUs meanwhile."""
     results = {}
     for name in runnable:
+        variant = RUNTIME_BACKENDS.get(name, (None,))[0]
+        if variant in arts.export_errors:
+            results[name] = {"backend": name, "status": "failed", "reason": arts.export_errors[variant]}
+            continue
         spec = {"job": "backend", "backend": name, "artifacts": arts.for_worker(), "plan": _plan(config)}
         for attempt in range(1, config.retries + 2):
             wait_for_quiet(QUIET_SHARE, config.quiet_wait_s, report_)
@@ -85,7 +89,7 @@ def _run_backends(runnable: list[str], arts: artifacts.Artifacts, config: BenchC
             except WorkerError as e:
                 result = {"backend": name, "status": "failed", "reason": str(e)}
             result["attempts"] = attempt
-            result["bandwidth_gbs_before"] = bandwidth  # drift check: the floor just before this backend ran
+            result["bandwidth_gbs_before"] = bandwidth  # a drift diagnostic only (see analyse)
             share = result.get("contention", {}).get("other_processes_cpu_share", 0.0)
             if result["status"] != "ok" or share <= QUIET_SHARE or attempt > config.retries:
                 break
@@ -98,6 +102,9 @@ def _run_backends(runnable: list[str], arts: artifacts.Artifacts, config: BenchC
 
 def _run_agreement(runnable: list[str], arts: artifacts.Artifacts, config: BenchConfig, workdir: Path,
                    report_: Reporter) -> dict[str, Any] | None:
+    """int8 / int4 greedy agreement with the fp32 export, in a worker (None when neither was measured)."""
+    if "fused" in arts.export_errors:
+        return {"reason": f"no fp32 reference: {arts.export_errors['fused']}"}
     quantized = [name for name in ("ort-int8", "ort-int4") if name in runnable]
     if not quantized:
         return None
@@ -111,39 +118,61 @@ def _run_agreement(runnable: list[str], arts: artifacts.Artifacts, config: Bench
         return {"reason": f"agreement failed: {e}"}
 
 
-def analyse(config: BenchConfig, machine_info: dict, arts: artifacts.Artifacts, results: dict[str, dict],
-            agreement: dict[str, Any] | None) -> dict[str, Any]:
-    """results.json's content: config, machine, model, raw results, summaries, ratios, floor, targets."""
+def model_info(arts: artifacts.Artifacts) -> dict[str, Any]:
+    """What results.json records about the weights: where from, random or not, the whole config.json."""
+    return {"source": arts.source, "random_weights": arts.random_weights, "checkpoint": str(arts.checkpoint),
+            **{k: arts.config.get(k) for k in ("n_layer", "n_head", "n_embd", "vocab_size", "n_positions")},
+            "config": arts.config}
+
+
+def analyse(config: dict[str, Any], machine_info: dict, model: dict[str, Any], results: dict[str, dict],
+            agreement: dict[str, Any] | None, created: str | None = None) -> dict[str, Any]:
+    """results.json's content: config, machine, model, raw results, summaries, ratios, floor, targets.
+
+    The floor uses the bandwidth measured at the start, in a fresh array with 5 passes. The samples taken
+    before each backend are kept as a drift diagnostic only: on this VM they swing from ~30 to ~60 GB/s
+    between processes with no matching change in any backend's decode time, so they do not describe the
+    memory a backend's weights live in.
+    """
     ok = {name: r for name, r in results.items() if r["status"] == "ok"}
     summaries = {name: analysis.summarize_backend(r) for name, r in ok.items()}
-    samples = [machine_info["bandwidth"]["gbs"]] + [r["bandwidth_gbs_before"] for r in results.values()
-                                                    if "bandwidth_gbs_before" in r]
-    machine_info["bandwidth"]["samples_gbs"] = samples
-    floor = analysis.memory_floor(arts.config, float(np.median(samples)))
+    machine_info["bandwidth"]["samples_gbs"] = [r["bandwidth_gbs_before"] for r in results.values()
+                                                if "bandwidth_gbs_before" in r]
+    floor = analysis.memory_floor(model.get("config") or model, machine_info["bandwidth"]["gbs"])
     backends = {}
     for name, r in results.items():
         entry = {"status": r["status"], "label": LABELS[name], "reason": r.get("reason")}
         if r["status"] == "ok":
             entry["raw"] = {k: v for k, v in r.items() if k not in ("backend", "status")}
         backends[name] = entry
-    model = {"source": arts.source, "random_weights": arts.random_weights, "checkpoint": str(arts.checkpoint),
-             **{k: arts.config.get(k) for k in ("n_layer", "n_head", "n_embd", "vocab_size", "n_positions")}}
     return {
         "schema": report.SCHEMA,
-        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "config": config.to_dict(),
+        "created": created or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "config": config,
         "machine": machine_info,
         "model": model,
         "memory_floor": floor,
         "baseline": BASELINE,
         "backends": backends,
         "summaries": summaries,
-        "ratios": {"to_baseline": analysis.ratios_to(summaries, BASELINE, floor["floor_ms"], floor["bandwidth_gbs"]),
+        "ratios": {"to_baseline": analysis.ratios_to(summaries, BASELINE, floor["floor_ms"]),
                    "to_optimum": analysis.ratios_to(summaries, analysis.OPTIMUM, None)},
         "token_match_vs_baseline": analysis.token_match(summaries, ok, BASELINE),
         "agreement": agreement,
         "targets": analysis.evaluate_targets(summaries, floor, agreement),
     }
+
+
+def rerender(output: str | Path) -> BenchResult:
+    """Analyse a saved results.json again and rewrite its outputs (after a change to the analysis or report)."""
+    output = Path(output)
+    saved = json.loads((output / report.JSON_FILE).read_text(encoding="utf-8"))
+    results = {name: {"backend": name, "status": b["status"], "reason": b.get("reason"), **(b.get("raw") or {})}
+               for name, b in saved["backends"].items()}
+    data = analyse(saved["config"], saved["machine"], saved["model"], results, saved.get("agreement"),
+                   saved["created"])
+    files, text = write_outputs(data, output)
+    return BenchResult(output, data, text, files)
 
 
 def run_benchmark(config: BenchConfig, report_: Reporter = silent) -> BenchResult:
@@ -172,7 +201,7 @@ def run_benchmark(config: BenchConfig, report_: Reporter = silent) -> BenchResul
     results = {name: results[name] for name in selected}
     agreement = _run_agreement([n for n in runnable if results[n]["status"] == "ok"], arts, config, workdir,
                                report_)
-    data = analyse(config, machine_info, arts, results, agreement)
+    data = analyse(config.to_dict(), machine_info, model_info(arts), results, agreement)
     files, text = write_outputs(data, output)
     return BenchResult(output, data, text, files)
 

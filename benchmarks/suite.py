@@ -5,8 +5,9 @@
   warm-up runs then repeats (so each position has `repeats` samples);
 - generate: end to end (prefill + decode loop + the backend's own sampling code) at each batch size,
   one warm-up call then `generate_repeats` calls; tokens/s = batch x new tokens / seconds.
-A decode run or generate() call during which other processes took more than `quiet_share` of the CPUs
-is measured again (at most 3 times; the count is recorded): these machines are shared and noisy.
+A prefill sweep of one length, a decode run or a generate() call during which other processes took more
+than `quiet_share` of the CPUs is measured again (at most 3 times; the count is recorded): these
+machines are shared and noisy.
 Prompts are random token ids drawn from the seed and the shape, so every backend sees the same ones.
 """
 
@@ -33,8 +34,8 @@ def measure_prefill(backend: Backend, plan: dict[str, Any], report: Callable[[st
     samples = {}
     for length in plan["prompt_lengths"]:
         ids, mask = prompt(1, length, plan["seed"], backend.vocab_size)
-        samples[str(length)] = repeat(lambda ids=ids, mask=mask: backend.prefill(ids, mask), plan["warmup"],
-                                      plan["repeats"])
+        sweep = partial(repeat, partial(backend.prefill, ids, mask), plan["warmup"], plan["repeats"])
+        samples[str(length)], _ = guarded(sweep, plan["quiet_share"])  # all repeats of a length as one unit
         report(f"prefill {length:>4} tokens: median {np.median(samples[str(length)]) * 1e3:.1f} ms")
     return samples
 

@@ -17,6 +17,7 @@ from benchmarks import BACKENDS, BASELINE, BenchConfig, BenchConfigError, run_be
 from benchmarks.analysis import decode_weight_bytes
 from benchmarks.config import parse_backends, parse_ints
 from benchmarks.measure import summarize
+from benchmarks.run import rerender
 from gpt2_export.cli import main
 
 SELECTED = ("hf-sdpa", "optimum-ort", "ort-fused", "ort-int8", "ort-fused-cuda")
@@ -137,6 +138,14 @@ def test_plots_are_png_files(bench):
         width, height = struct.unpack(">II", data[16:24])  # the IHDR chunk
         assert width > 200 and height > 200
         assert bench.data["files"][kind] == bench.files[kind].name
+
+
+def test_a_saved_run_renders_again_from_its_json(bench):
+    again = rerender(bench.output)
+    assert list(again.data["summaries"]) == list(bench.data["summaries"])
+    for name, ratio in bench.data["ratios"]["to_baseline"].items():
+        assert again.data["ratios"]["to_baseline"][name]["decode_p50"] == pytest.approx(ratio["decode_p50"], rel=1e-4)
+    assert [t["met"] for t in again.data["targets"]] == [t["met"] for t in bench.data["targets"]]
 
 
 def test_cli_bench_quick_prints_the_table(hf_checkpoints, bench_output, bench):

@@ -32,14 +32,8 @@ from models.loading import (  # noqa: E402
 
 transformers.logging.set_verbosity_error()
 
-HEADS = [
-    "GPT2Model",
-    "GPT2LMHeadModel",
-    "GPT2DoubleHeadsModel",
-    "GPT2ForSequenceClassification",
-    "GPT2ForTokenClassification",
-    "GPT2ForQuestionAnswering",
-]
+from .oracle import HEADS  # noqa: E402
+
 # The weights each head adds on top of GPT2Model (the tied lm_head.weight is never stored).
 NEW_HEAD_WEIGHTS = {
     "GPT2DoubleHeadsModel": ["multiple_choice_head.summary.weight", "multiple_choice_head.summary.bias"],

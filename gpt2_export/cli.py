@@ -109,9 +109,16 @@ def reference_generate(model_path, prompt, max_new_tokens, sample, temperature, 
     show_default=True,
     help="Quantize MatMul weights (fused fp32 graphs, for CPUs).",
 )
+@click.option(
+    "--block-size",
+    type=int,
+    default=None,
+    help="With --weights: elements per quantization scale, a power of two >= 16 [default: int8 128, int4 32].",
+)
 @_errors_as_messages
 def export_command(
-    model_path, head, output, opset, dtype, overwrite, no_validate, external_data, plain, kv_cache, weights
+    model_path, head, output, opset, dtype, overwrite, no_validate, external_data, plain, kv_cache, weights,
+    block_size,
 ):
     """Export one GPT-2 head to an ONNX folder and validate it against PyTorch."""
     from .export import ExportOptions, export
@@ -127,6 +134,7 @@ def export_command(
         variant="plain" if plain else None,
         kv_cache=kv_cache,
         weights=weights,
+        block_size=block_size,
     )
     result = export(model_path, output, options, stderr_reporter)
     status = "validated" if result.validation is not None else "not validated (--no-validate)"

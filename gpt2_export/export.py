@@ -34,6 +34,9 @@ MODEL_FILE = "model.onnx"
 DTYPES = ("fp32", "fp16")
 VARIANTS = ("fused", "plain")
 WEIGHTS = ("float", "int8", "int4")
+# Elements per quantization scale. int8: 128 is as accurate as 64 here and faster; int4: 32, the finest block
+# ONNX Runtime's CPU kernels serve well (128 decodes ~25% faster, with visibly worse logits).
+DEFAULT_BLOCK_SIZES = {"int8": 128, "int4": 32}
 FUSED_HEADS = ("lm", "base")
 # The TorchScript exporter emits opsets up to 20; below 14 it cannot express the attention's dynamic slices.
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 14, 20, 17
@@ -60,6 +63,14 @@ class ExportOptions:
     variant: str | None = None  # None: fused where it applies (lm, base), else plain
     kv_cache: str = "growing"  # fused only: "shared" writes the cache in place
     weights: str = "float"  # "int8" / "int4": quantized MatMul weights (fused, fp32 only)
+    block_size: int | None = None  # quantized weights: elements per scale; None: DEFAULT_BLOCK_SIZES
+
+    @property
+    def weight_block_size(self) -> int | None:
+        """The block size the quantizer uses (None for float weights)."""
+        if self.weights == "float":
+            return None
+        return self.block_size or DEFAULT_BLOCK_SIZES[self.weights]
 
     def __post_init__(self) -> None:
         if self.head not in HEAD_CLASSES:
@@ -80,6 +91,14 @@ class ExportOptions:
             )
         if self.weights != "float" and self.dtype != "fp32":
             raise ExportError(f"--weights {self.weights} quantizes an fp32 graph: use --dtype fp32")
+        if self.block_size is not None:
+            if self.weights == "float":
+                raise ExportError("--block-size sets the quantization block: add --weights int8 or --weights int4")
+            size = self.block_size
+            if not isinstance(size, int) or size < 16 or size & (size - 1):
+                raise ExportError(
+                    f"block size {size!r} is not supported: MatMulNBits needs a power of two >= 16 (e.g. 32 or 128)"
+                )
         if self.opset < MIN_OPSET:
             raise ExportError(
                 f"opset {self.opset} is too old: the graph needs opset >= {MIN_OPSET} (dynamic Slice/Trilu-free "
@@ -302,7 +321,7 @@ def export(
         with stage(f"quantize weights to {options.weights}", report):
             from .precision import quantize
 
-            proto = quantize(proto, options.weights, folder)
+            proto = quantize(proto, options.weights, options.weight_block_size)
     if options.dtype == "fp16":
         with stage("convert to fp16", report):
             from .precision import to_fp16
@@ -331,6 +350,7 @@ def export(
         checkpoint=str(model) if model is not None else None,
         kv_cache=options.kv_cache if variant == "fused" else "growing",
         weights=options.weights,
+        weight_block_size=options.weight_block_size,
         optional_inputs=[i.name for i in proto.graph.input if i.name in {t.name for t in proto.graph.initializer}],
     )
     manifest.save(folder)

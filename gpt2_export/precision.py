@@ -1,4 +1,4 @@
-"""Precision conversion of exported graphs: fp16, and int8 / int4 weights for CPUs.
+"""Precision conversion of exported graphs: fp16, and int8 / int4 weights (MatMulNBits) for CPUs.
 
 fp16 uses onnxruntime's float16 converter with Softmax kept in fp32, so the masked scores never
 overflow; the mask's fill value is -1e4 (finite in fp16). LayerNormalization runs on fp16 tensors:
@@ -9,15 +9,13 @@ weights are fp16.
 
 from __future__ import annotations
 
-import tempfile
-from pathlib import Path
-
 import onnx
 from onnxruntime.transformers.float16 import convert_float_to_float16
 from onnxruntime.transformers.onnx_model import OnnxModel
 
 # Kept in fp32: normalisation statistics and the masked softmax.
 FP32_OPS = ["Softmax"]
+QUANTIZED_BITS = {"int8": 8, "int4": 4}
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -30,24 +28,25 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     return wrapper.model
 
 
-def quantize(model: onnx.ModelProto, weights: str, workdir: Path) -> onnx.ModelProto:
-    """MatMul weights to int8 (dynamic quantization, per-column scales) or int4 (MatMulNBits, blocks of 32)."""
-    if weights == "int4":
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+def quantize(model: onnx.ModelProto, weights: str, block_size: int) -> onnx.ModelProto:
+    """Every MatMul with a constant weight (blocks and LM head) to MatMulNBits: int8 or int4, symmetric blocks.
 
-        # accuracy_level 4: int8 activations in the kernel (VNNI/AMX), the fast path on CPUs.
-        quantizer = MatMulNBitsQuantizer(model, block_size=32, is_symmetric=True, accuracy_level=4)
+    One kernel family for both widths: ONNX Runtime's MatMulNBits reads the packed weights once per step and,
+    at accuracy level 4, multiplies in int8 (VNNI / AMX). For int8 it beats quantize_dynamic's
+    DynamicQuantizeMatMul (per-channel) on decode time and on logit error, measured on GPT-2 small.
+    """
+    import logging
+
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    bits = QUANTIZED_BITS[weights]
+    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4, bits=bits)
+    quantizer = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=True, accuracy_level=4,
+                                     algo_config=config)
+    quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
+    level, quiet.level = quiet.level, logging.WARNING  # it logs every node it visits at INFO
+    try:
         quantizer.process()
-        return quantizer.model.model
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        source, target = Path(tmp) / "float.onnx", Path(tmp) / "int8.onnx"
-        large = model.ByteSize() > 2**31 - 1
-        onnx.save_model(model, str(source), save_as_external_data=large)
-        quantize_dynamic(
-            str(source), str(target), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul"],
-            per_channel=True, use_external_data_format=large,
-            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
-        return onnx.load(str(target), load_external_data=True)
+    finally:
+        quiet.setLevel(level)
+    return quantizer.model.model

@@ -101,6 +101,7 @@ class Manifest:
     checkpoint: str | None = None  # the folder or hub id exported; None for the random-weight default
     kv_cache: str = "growing"  # "growing": present = past + new; "shared": one in-place buffer (fused only)
     weights: str = "float"  # "float" (as dtype), "int8" or "int4" (quantized MatMul weights)
+    weight_block_size: int | None = None  # quantized weights: elements sharing one scale
     optional_inputs: list[str] = field(default_factory=list)  # inputs with a default value, e.g. logits_to_keep
     validation: dict[str, Any] | None = None
     format: str = FORMAT
@@ -155,6 +156,7 @@ class Manifest:
                 checkpoint=data.get("checkpoint"),
                 kv_cache=data.get("kv_cache", "growing"),
                 weights=data.get("weights", "float"),
+                weight_block_size=data.get("weight_block_size"),
                 optional_inputs=list(data.get("optional_inputs", [])),
                 validation=data.get("validation"),
             )

@@ -16,6 +16,8 @@ VARIANTS = {
     "fused, in-place cache, fp16": dict(kv_cache="shared", dtype="fp16"),
     "int8 weights": dict(weights="int8"),
     "int4 weights": dict(weights="int4"),
+    "int8 weights, blocks of 16": dict(weights="int8", block_size=16),
+    "int4 weights, blocks of 128": dict(weights="int4", block_size=128),
 }
 
 
@@ -40,13 +42,20 @@ def test_the_fused_graph_has_one_attention_op_per_layer(hf_checkpoints, tmp_path
         assert "Softmax" not in ops
 
 
-def test_quantized_weights_use_the_int_kernels(hf_checkpoints, tmp_path):
-    export(hf_checkpoints["lm"], tmp_path / "int4", ExportOptions(weights="int4", validate=False))
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "int4" / "model.onnx")).graph.node]
-    assert ops.count("MatMulNBits") == 9  # 4 per layer + the LM head
-    export(hf_checkpoints["lm"], tmp_path / "int8", ExportOptions(weights="int8", validate=False))
-    ops = [n.op_type for n in onnx.load(str(tmp_path / "int8" / "model.onnx")).graph.node]
-    assert ops.count("MatMulInteger") == 9
+@pytest.mark.parametrize("weights, block_size, bits, block", [
+    ("int4", None, 4, 32), ("int8", None, 8, 128), ("int4", 64, 4, 64), ("int8", 16, 8, 16),
+])
+def test_quantized_weights_use_matmulnbits_with_the_recorded_block(hf_checkpoints, tmp_path, weights, block_size,
+                                                                   bits, block):
+    result = export(hf_checkpoints["lm"], tmp_path, ExportOptions(weights=weights, block_size=block_size,
+                                                                  validate=False))
+    nodes = [n for n in onnx.load(str(tmp_path / "model.onnx")).graph.node if n.op_type == "MatMulNBits"]
+    assert len(nodes) == 9  # 4 per layer + the LM head
+    for node in nodes:
+        attributes = {a.name: a.i for a in node.attribute}
+        assert (attributes["bits"], attributes["block_size"], attributes["accuracy_level"]) == (bits, block, 4)
+    assert result.manifest.weight_block_size == block
+    assert Manifest.load(tmp_path).weight_block_size == block
 
 
 def test_heads_without_a_fused_graph_export_plain(hf_checkpoints, tmp_path):
@@ -60,6 +69,9 @@ def test_heads_without_a_fused_graph_export_plain(hf_checkpoints, tmp_path):
     (dict(weights="int4", dtype="fp16"), "quantizes an fp32 graph"),
     (dict(kv_cache="paged"), "unknown kv_cache 'paged'"),
     (dict(weights="int2"), "unknown weights 'int2'"),
+    (dict(block_size=32), "add --weights int8 or --weights int4"),
+    (dict(weights="int4", block_size=48), "power of two >= 16"),
+    (dict(weights="int8", block_size=8), "power of two >= 16"),
 ])
 def test_impossible_combinations_are_refused(options, message):
     with pytest.raises(ExportError, match=message):

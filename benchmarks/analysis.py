@@ -1,7 +1,8 @@
 """From raw seconds to what the report says: summaries, ratios within the run, the memory floor, targets.
 
 Ratios to transformers (SDPA, its default attention) and to Optimum measured in the same run are the
-headline, because these machines are noisy. The memory floor is the fp32 weight bytes one batch-1
+headline, because these machines are noisy; the GPU backends also get ratios to transformers SDPA on CUDA
+(fp16), when it ran. The memory floor is the fp32 weight bytes one batch-1
 decode step must read (every block weight and bias, the LM head once, ln_f; the embeddings gather one
 row each), divided by the memory read bandwidth measured in the same run. The KV cache it also reads
 (~12 MB at position 160 for GPT-2 small, ~2% of the weights) is left out, as the team guide defines it.
@@ -13,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import BASELINE
+from .backends import is_gpu_backend
+from .config import BASELINE, GPU_BASELINE
 from .measure import summarize
 
 OPTIMUM = "optimum-ort"
@@ -73,10 +75,17 @@ def ratios_to(summaries: dict[str, dict], reference: str, floor_ms: float | None
                                 for k, v in s["prefill_ms"].items()}
             entry["tokens_per_s"] = {k: _ratio(v["tokens_per_s"], ref["generate"].get(k, {}).get("tokens_per_s"))
                                      for k, v in s["generate"].items()}
-        if floor_ms:
+        if floor_ms and not is_gpu_backend(name):  # the floor is the CPU's; a GPU reads its own memory
             entry["decode_p50_vs_floor"] = s["decode_ms"]["p50"] / floor_ms
         out[name] = entry
     return out
+
+
+def gpu_ratios(summaries: dict[str, dict]) -> dict[str, dict]:
+    """The GPU backends' ratios to transformers SDPA on CUDA (same run); {} when that did not run."""
+    if GPU_BASELINE not in summaries:
+        return {}
+    return ratios_to({name: s for name, s in summaries.items() if is_gpu_backend(name)}, GPU_BASELINE, None)
 
 
 def token_match(summaries: dict[str, dict], raw: dict[str, dict], reference: str) -> dict[str, float | None]:

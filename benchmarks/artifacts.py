@@ -3,9 +3,11 @@
 All backends read the SAME weights: a local checkpoint folder, or (no --model) the README's offline
 default, GPT-2-small-shaped with random weights (seed 0), saved once as a transformers-format folder.
 From that folder come our export variants (`gpt2_export.export.export`) and Optimum's own export
-(`ORTModelForCausalLM.from_pretrained(..., export=True)`, in a worker process). Everything lives under
-`<output>/cache/<checkpoint key>/`; fingerprints of the checkpoint's files and of the exporter's source
-invalidate stale exports.
+(`ORTModelForCausalLM.from_pretrained(..., export=True)`, in a worker process), and, on a GPU with TensorRT,
+an engine folder built from the plain fp16 export (`gpt2_export.engine.build_engine`, in a worker process).
+Everything lives under `<output>/cache/<checkpoint key>/`; fingerprints of the checkpoint's files and of the
+exporter's source invalidate stale exports and engines; an engine is also rebuilt for another TensorRT
+version or GPU, another export, or a run that needs a larger batch or longer sequences than it serves.
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ from typing import Any
 
 from gpt2_export.progress import Reporter, stage
 
-from .backends import EXPORT_VARIANTS
+from .backends import ENGINE_BACKENDS, EXPORT_VARIANTS
 
 DEFAULT_KEY = "default-gpt2-random-seed0"
+ENGINE_VARIANT = ENGINE_BACKENDS["tensorrt"]
+MIN_ENGINE_BATCH = 8  # build-engine's default: one engine serves quick and full runs alike
 
 
 class ArtifactError(ValueError):
@@ -44,6 +48,8 @@ class Artifacts:
     export_errors: dict[str, str] = field(default_factory=dict)
     optimum: Path | None = None
     optimum_error: str | None = None
+    engine: Path | None = None  # the TensorRT engine folder
+    engine_problem: dict[str, str] | None = None  # {"status": "skipped" or "failed", "reason": ...}
 
     def for_worker(self) -> dict[str, Any]:
         """The JSON a worker needs to load any backend."""
@@ -52,6 +58,8 @@ class Artifacts:
             "exports": {name: str(path) for name, path in self.exports.items()},
             "optimum": str(self.optimum) if self.optimum else None,
             "optimum_error": self.optimum_error,
+            "engine": str(self.engine) if self.engine else None,
+            "engine_error": (self.engine_problem or {}).get("reason"),
         }
 
 
@@ -118,6 +126,7 @@ def _check_fingerprint(root: Path, checkpoint: Path, report: Reporter) -> None:
         if previous.get("checkpoint") == current["checkpoint"]:
             report("the exporter's code changed since the cached exports were built: exporting again")
         shutil.rmtree(root / "exports", ignore_errors=True)
+        shutil.rmtree(root / "engines", ignore_errors=True)
     root.mkdir(parents=True, exist_ok=True)
     marker.write_text(json.dumps({"source": str(checkpoint), **current}))
 
@@ -179,3 +188,51 @@ def export_optimum(checkpoint: str, folder: str) -> str:
         shutil.rmtree(target)
     model.save_pretrained(target)
     return folder
+
+
+def engine_folder(root: Path) -> Path:
+    """Where the TensorRT engine of a checkpoint's cache goes."""
+    return root / "engines" / "tensorrt"
+
+
+def stale_engine_reason(folder: Path, export_folder: Path, tensorrt_version: str, gpu_name: str, max_batch: int,
+                        max_sequence: int) -> str | None:
+    """Why the engine in `folder` cannot serve this run (it is rebuilt), or None to reuse it."""
+    manifest = folder / "engine.json"
+    if not manifest.is_file() or not (folder / "model.engine").is_file():
+        return "no engine built yet"
+    data = json.loads(manifest.read_text(encoding="utf-8"))
+    options = data.get("options", {})
+    if data.get("tensorrt_version") != tensorrt_version:
+        return f"it was built with TensorRT {data.get('tensorrt_version')}, this is TensorRT {tensorrt_version}"
+    if data.get("gpu_name") != gpu_name:
+        return f"it was built on {data.get('gpu_name')}, this GPU is {gpu_name}"
+    if options.get("max_batch", 0) < max_batch or options.get("max_sequence", 0) < max_sequence:
+        return (f"it serves batch <= {options.get('max_batch')} and sequence <= {options.get('max_sequence')}, "
+                f"this run needs {max_batch} and {max_sequence}")
+    copied, source = folder / "export.json", export_folder / "export.json"
+    if not copied.is_file() or copied.read_bytes() != source.read_bytes():
+        return f"it was built from another export than {export_folder}"
+    return None
+
+
+def build_tensorrt_engine(export_folder: str, folder: str, max_batch: int, max_sequence: int,
+                          report: Reporter) -> dict[str, Any]:
+    """Worker job: the engine folder of the plain fp16 export, built on this GPU or reused when it still fits.
+
+    Raises runtime.tensorrt_backend.TensorRTUnavailableError when TensorRT, cuda-python or the GPU is missing.
+    """
+    from gpt2_export.engine import EngineOptions, build_engine
+    from runtime.tensorrt_backend import import_tensorrt, open_cuda
+
+    purpose = "cannot build the benchmark's TensorRT engine"
+    trt = import_tensorrt(purpose)
+    gpu_name, _ = open_cuda(purpose).device_properties()
+    stale = stale_engine_reason(Path(folder), Path(export_folder), trt.__version__, gpu_name, max_batch, max_sequence)
+    if stale is None:
+        report(f"reusing the engine in {folder}")
+        return {"folder": folder, "reused": True}
+    report(f"building the engine: {stale}")
+    options = EngineOptions(max_batch=max(max_batch, MIN_ENGINE_BATCH), overwrite=True)  # sequence: n_positions
+    build_engine(export_folder, folder, options, report)
+    return {"folder": folder, "reused": False, "rebuilt_because": stale}

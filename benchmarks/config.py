@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-# Every backend the suite knows, in the order tables and plots list them. transformers SDPA is the baseline.
+# Every backend the suite knows, in the order tables and plots list them: the CPU ones, then the GPU ones.
+# transformers SDPA is the baseline of every ratio; on the GPU also transformers SDPA on CUDA (fp16).
 BACKENDS = (
     "hf-eager",
     "hf-sdpa",
@@ -18,10 +19,15 @@ BACKENDS = (
     "ort-fused-shared",
     "ort-int8",
     "ort-int4",
+    "hf-eager-cuda",
+    "hf-sdpa-cuda",
     "ort-fused-cuda",
+    "ort-fused-cuda-fp16",
     "ort-fused-tensorrt",
+    "tensorrt",
 )
 BASELINE = "hf-sdpa"
+GPU_BASELINE = "hf-sdpa-cuda"
 # Other processes' share of the CPUs above which the machine is not quiet: wait before, measure again after.
 QUIET_SHARE = 0.10
 AGREEMENT_PROMPT_LENGTH = 16  # tokens per prompt of the int8 / int4 agreement check

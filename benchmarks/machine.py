@@ -1,4 +1,5 @@
-"""The machine a run measured: CPU, cores, memory, package versions, and its measured memory read bandwidth.
+"""The machine a run measured: CPU, cores, memory, package versions, the GPU (or "no GPU"), and its measured
+memory read bandwidth.
 
 Speed only compares within one run (shared/ENVIRONMENT.md: these machines differ day to day), so the
 bandwidth that sets the decode floor is measured here, in the same run, with the same thread count the
@@ -17,8 +18,11 @@ from importlib import metadata
 
 import numpy as np
 
-PACKAGES = ("torch", "transformers", "onnxruntime", "onnx", "numpy", "optimum", "optimum-onnx", "matplotlib",
-            "psutil", "gpt2-export")
+from . import gpu
+
+# onnxruntime-gpu is its own distribution: with it installed, "onnxruntime" has no version of its own.
+PACKAGES = ("torch", "transformers", "onnxruntime", "onnxruntime-gpu", "onnx", "numpy", "optimum", "optimum-onnx",
+            "matplotlib", "psutil", "tensorrt", "cuda-python", "gpt2-export")
 
 
 def cpu_model() -> str:
@@ -119,7 +123,7 @@ def read_bandwidth(mib: int = 1024, threads: int = 2, passes: int = 5) -> dict[s
 
 
 def describe(threads: int, bandwidth_mib: int, passes: int = 5) -> dict:
-    """Everything the report records about the machine, bandwidth included."""
+    """Everything the report records about the machine, the GPU section and bandwidth included."""
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -133,6 +137,7 @@ def describe(threads: int, bandwidth_mib: int, passes: int = 5) -> dict:
         "memory_gb": round(memory / 1e9, 1) if memory else None,
         "platform": platform.platform(),
         "versions": versions(),
+        "gpu": gpu.describe(),
         "bandwidth": read_bandwidth(bandwidth_mib, threads, passes),
         "blas_env": {k: v for k, v in os.environ.items() if k.startswith(("OPENBLAS_", "OMP_", "MKL_"))},
     }

@@ -40,6 +40,19 @@ def seconds_since(start_ns: int) -> float:
     return (time.perf_counter_ns() - start_ns) / 1e9
 
 
+def timed(call: Callable[[], T], sync: Callable[[], None] | None = None) -> tuple[T, float]:
+    """call()'s result and its seconds. `sync` (torch.cuda.synchronize) runs before the clock starts and again
+    before it stops: CUDA kernels run asynchronously, so otherwise earlier queued work would be counted and
+    this call's own kernels would not."""
+    if sync is not None:
+        sync()
+    start = now_ns()
+    result = call()
+    if sync is not None:
+        sync()
+    return result, seconds_since(start)
+
+
 def repeat(run: Callable[[], float], warmup: int, repeats: int) -> list[float]:
     """Call `run` (which returns the seconds it measured) warmup + repeats times; keep the timed repeats."""
     samples = [run() for _ in range(warmup + repeats)]

@@ -1,4 +1,4 @@
-"""The run's outputs: results.json (everything raw + summaries) and results.md (tables, ratios, targets)."""
+"""The run's outputs: results.json (everything raw + summaries) and results.md (tables, ratios, targets, GPU)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .config import BASELINE, QUIET_SHARE
+from .backends import is_gpu_backend
+from .config import BASELINE, GPU_BASELINE, QUIET_SHARE
 
 JSON_FILE, MARKDOWN_FILE = "results.json", "results.md"
 SCHEMA = "gpt2-export-bench/1"
@@ -84,6 +85,25 @@ def ratio_table(data: dict[str, Any]) -> list[str]:
     return _table(header, rows)
 
 
+def gpu_ratio_lines(data: dict[str, Any]) -> list[str]:
+    """The GPU backends' ratios to transformers SDPA on CUDA; [] when no GPU backend ran."""
+    gpu_names = [name for name in data["summaries"] if is_gpu_backend(name)]
+    if not gpu_names:
+        return []
+    heading = [f"## GPU ratios to `{GPU_BASELINE}` in the same run (time: lower is better; tokens/s: higher is "
+               "better)", ""]
+    ratios = data["ratios"].get("to_gpu_baseline") or {}
+    if not ratios:
+        return heading + [f"- `{GPU_BASELINE}` did not run, so the GPU backends have no GPU baseline", ""]
+    cfg = data["config"]
+    lengths, batches = [str(n) for n in cfg["prompt_lengths"]], [str(b) for b in cfg["batch_sizes"]]
+    header = (["backend", f"decode / {GPU_BASELINE}"] + [f"prefill {n} / {GPU_BASELINE}" for n in lengths]
+              + [f"tok/s B={b} / {GPU_BASELINE}" for b in batches])
+    rows = [[f"`{name}`", _x(r.get("decode_p50"))] + [_x(r["prefill"].get(n)) for n in lengths]
+            + [_x(r["tokens_per_s"].get(b)) for b in batches] for name, r in ratios.items()]
+    return heading + _table(header, rows) + [""]
+
+
 def targets_table(targets: list[dict[str, Any]]) -> list[str]:
     """Each target: value, limit, met / not met, and the numbers behind it."""
     rows = []
@@ -107,6 +127,25 @@ def _samples(bandwidth: dict[str, Any]) -> str:
             f"{statistics.median(samples):.1f}; a drift diagnostic, not used for the floor)")
 
 
+def gpu_line(info: dict[str, Any] | None) -> str:
+    """The GPU in one line: devices, driver, CUDA, and what torch / ONNX Runtime / TensorRT were built for."""
+    if info is None:
+        return "not recorded"
+    torch = info.get("torch") or {}
+    torch_text = (f"torch {torch['version']} (CUDA {torch['cuda'] or 'none'}, "
+                  f"{'sees the GPU' if torch['available'] else 'no CUDA device'})" if torch.get("installed")
+                  else "torch not installed")
+    ort = info["onnxruntime"]
+    ort_text = f"{ort['package'] or 'onnxruntime'} {ort['version']} (providers: {', '.join(ort['providers'])})"
+    tools = f"{torch_text}; {ort_text}; TensorRT {info['tensorrt'] or 'not installed'}"
+    if not info["present"]:
+        return f"no GPU: {info.get('reason')}; {tools}"
+    devices = "; ".join(f"{d['name']} (compute capability {d['compute_capability'] or '?'}"
+                        + (f", {d['memory_mib']:,} MiB)" if d["memory_mib"] else ")") for d in info["devices"])
+    return (f"{devices}; driver {info['driver_version'] or '?'}, CUDA {info['cuda_driver_version'] or '?'} "
+            f"(driver); {tools}")
+
+
 def _header(data: dict[str, Any]) -> list[str]:
     machine, model, cfg, floor = data["machine"], data["model"], data["config"], data["memory_floor"]
     bw, v = machine["bandwidth"], machine["versions"]
@@ -119,6 +158,7 @@ def _header(data: dict[str, Any]) -> list[str]:
         f"{model['vocab_size']}",
         f"- Machine: {machine['cpu']}, {machine['usable_cores']} usable cores, {machine['memory_gb']} GB RAM, "
         f"{' '.join(machine['cpu_flags'])}; {cfg['threads']} threads per backend",
+        f"- GPU: {gpu_line(machine.get('gpu'))}",
         f"- Memory read bandwidth: {bw['gbs']:.1f} GB/s at the start ({bw['method']}; 1 thread: "
         f"{bw['sum_1_thread_gbs']:.1f} GB/s)" + _samples(bw),
         f"- Memory floor (fp32 decode, batch 1): {floor['weight_mb']:.1f} MB of weights / "
@@ -165,6 +205,7 @@ def markdown(data: dict[str, Any]) -> str:
         *results_table(data), "",
         "## Ratios in the same run (time: lower is better; tokens/s: higher is better)", "",
         *ratio_table(data), "",
+        *gpu_ratio_lines(data),
         "## Targets", "", *targets_table(data["targets"]), "",
         *_agreement(data.get("agreement")), "",
     ]

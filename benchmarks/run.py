@@ -1,8 +1,8 @@
 """`run_benchmark(config)`: build or reuse the exports, run every backend in its own process, write the report.
 
-Order: the checkpoint folder, the machine (versions, memory bandwidth), our export variants and Optimum's
-export, each backend's worker, the int8 / int4 agreement worker, then results.json, results.md and the
-PNGs in the output folder. A backend that cannot run here is skipped with its
+Order: the checkpoint folder, the machine (versions, GPU, memory bandwidth), our export variants, Optimum's
+export and the TensorRT engine, each backend's worker, the int8 / int4 agreement worker, then results.json,
+results.md and the PNGs in the output folder. A backend that cannot run here is skipped with its
 reason; one that fails is reported as failed with the end of its log; neither stops the run.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 from gpt2_export.progress import Reporter, silent, stage
 
 from . import analysis, artifacts, machine, plots, report
-from .backends import LABELS, RUNTIME_BACKENDS, unavailable_reason
-from .config import BACKENDS, BASELINE, QUIET_SHARE, BenchConfig
+from .backends import ENGINE_BACKENDS, LABELS, RUNTIME_BACKENDS, export_variant, unavailable_reason
+from .config import BACKENDS, BASELINE, GPU_BASELINE, QUIET_SHARE, BenchConfig
 from .measure import WorkerError, run_worker, wait_for_quiet
 
 
@@ -52,7 +52,7 @@ def _check_positions(config: BenchConfig, model_config: dict[str, Any]) -> None:
 
 def _variants(runnable: list[str]) -> list[str]:
     """Our export variants the selected backends need (the fp32 fused one too when int8 / int4 are compared)."""
-    needed = {RUNTIME_BACKENDS[name][0] for name in runnable if name in RUNTIME_BACKENDS}
+    needed = {variant for name in runnable if (variant := export_variant(name))}
     if needed & {"int8", "int4"}:
         needed.add("fused")
     return sorted(needed)
@@ -70,14 +70,45 @@ def _export_optimum(arts: artifacts.Artifacts, config: BenchConfig, workdir: Pat
         arts.optimum_error = f"Optimum's export failed: {e}"
 
 
+def _build_engine(arts: artifacts.Artifacts, config: BenchConfig, workdir: Path, report_: Reporter) -> None:
+    """The TensorRT engine of the plain fp16 export into the cache (in a worker), or why there is none."""
+    if artifacts.ENGINE_VARIANT in arts.export_errors:
+        arts.engine_problem = {"status": "failed", "reason": arts.export_errors[artifacts.ENGINE_VARIANT]}
+        return
+    spec = {"job": "tensorrt-engine", "export": str(arts.exports[artifacts.ENGINE_VARIANT]),
+            "folder": str(artifacts.engine_folder(arts.root)), "max_batch": max(config.batch_sizes),
+            "max_sequence": config.longest_sequence()}
+    try:
+        with stage("TensorRT engine of the plain fp16 export", report_):
+            result = run_worker(spec, workdir, "tensorrt-engine", config.threads, config.worker_timeout_s, report_)
+    except WorkerError as e:
+        arts.engine_problem = {"status": "failed", "reason": f"the TensorRT engine build failed: {e}"}
+        return
+    if result.get("unavailable"):
+        arts.engine_problem = {"status": "skipped", "reason": result["unavailable"]}
+    else:
+        arts.engine = Path(result["folder"])
+
+
+def _artifact_problem(name: str, arts: artifacts.Artifacts) -> dict[str, str] | None:
+    """The status and reason of a backend whose export or engine could not be made; None when it has them."""
+    variant = export_variant(name)
+    if variant in arts.export_errors:
+        return {"status": "failed", "reason": arts.export_errors[variant]}
+    if name in ENGINE_BACKENDS and arts.engine_problem:
+        return dict(arts.engine_problem)
+    return None
+
+
 def _run_backends(runnable: list[str], arts: artifacts.Artifacts, config: BenchConfig, workdir: Path,
                   report_: Reporter) -> dict[str, dict]:
     """Each backend in its own worker, after the machine is quiet; again when others took the CPUs meanwhile."""
     results = {}
     for name in runnable:
-        variant = RUNTIME_BACKENDS.get(name, (None,))[0]
-        if variant in arts.export_errors:
-            results[name] = {"backend": name, "status": "failed", "reason": arts.export_errors[variant]}
+        problem = _artifact_problem(name, arts)
+        if problem:
+            results[name] = {"backend": name, **problem}
+            report_(f"  {name} {problem['status']}: {problem['reason']}")
             continue
         spec = {"job": "backend", "backend": name, "artifacts": arts.for_worker(), "plan": _plan(config)}
         for attempt in range(1, config.retries + 2):
@@ -155,8 +186,10 @@ def analyse(config: dict[str, Any], machine_info: dict, model: dict[str, Any], r
         "baseline": BASELINE,
         "backends": backends,
         "summaries": summaries,
+        "gpu_baseline": GPU_BASELINE,
         "ratios": {"to_baseline": analysis.ratios_to(summaries, BASELINE, floor["floor_ms"]),
-                   "to_optimum": analysis.ratios_to(summaries, analysis.OPTIMUM, None)},
+                   "to_optimum": analysis.ratios_to(summaries, analysis.OPTIMUM, None),
+                   "to_gpu_baseline": analysis.gpu_ratios(summaries)},
         "token_match_vs_baseline": analysis.token_match(summaries, ok, BASELINE),
         "agreement": agreement,
         "targets": analysis.evaluate_targets(summaries, floor, agreement),
@@ -194,6 +227,8 @@ def run_benchmark(config: BenchConfig, report_: Reporter = silent) -> BenchResul
     artifacts.build_exports(arts, _variants(runnable), report_)
     if "optimum-ort" in runnable:
         _export_optimum(arts, config, workdir, report_)
+    if any(name in ENGINE_BACKENDS for name in runnable):
+        _build_engine(arts, config, workdir, report_)
     results = _run_backends(runnable, arts, config, workdir, report_)
     for name, reason in skipped.items():
         results[name] = {"backend": name, "status": "skipped", "reason": reason}

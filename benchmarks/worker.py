@@ -1,9 +1,9 @@
 """`python -m benchmarks.worker SPEC RESULT`: run one job in a fresh process and write its JSON result.
 
-Jobs: "backend" (load one backend, measure it, record its peak RSS), "agreement" (int8 / int4 vs fp32)
-and "optimum-export". A backend that cannot run here (missing package or provider) is reported as
-skipped with the reason, not as a failure. Only what the job needs is imported, so an ONNX Runtime
-backend's peak RSS holds no torch.
+Jobs: "backend" (load one backend, measure it, record its peak RSS), "agreement" (int8 / int4 vs fp32),
+"optimum-export" and "tensorrt-engine" (so the orchestrator never holds a CUDA context). A backend that
+cannot run here (missing package, provider or GPU) is reported as skipped with the reason, not as a
+failure. Only what the job needs is imported, so an ONNX Runtime backend's peak RSS holds no torch.
 """
 
 from __future__ import annotations
@@ -61,7 +61,23 @@ def run_optimum_export(spec: dict[str, Any]) -> dict[str, Any]:
     return {"folder": folder, "seconds": seconds_since(start)}
 
 
-JOBS = {"backend": run_backend, "agreement": run_agreement, "optimum-export": run_optimum_export}
+def run_engine_build(spec: dict[str, Any]) -> dict[str, Any]:
+    """The TensorRT engine of the plain fp16 export into the cache; {"unavailable": why} without TensorRT or a GPU."""
+    from runtime.tensorrt_backend import TensorRTUnavailableError
+
+    from .artifacts import build_tensorrt_engine
+
+    start = now_ns()
+    try:
+        result = build_tensorrt_engine(spec["export"], spec["folder"], spec["max_batch"], spec["max_sequence"],
+                                       lambda message: progress(f"[tensorrt-engine] {message}"))
+    except TensorRTUnavailableError as e:
+        return {"folder": None, "unavailable": str(e)}
+    return {**result, "seconds": seconds_since(start)}
+
+
+JOBS = {"backend": run_backend, "agreement": run_agreement, "optimum-export": run_optimum_export,
+        "tensorrt-engine": run_engine_build}
 
 
 def main(argv: list[str]) -> int:

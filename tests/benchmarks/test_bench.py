@@ -2,7 +2,8 @@
 
 One quick run on the tiny transformers-written checkpoint (module fixture) feeds most tests; its backends
 cover each kind: transformers (the baseline), our runtime fp32 and int8 (so the agreement check runs),
-Optimum when installed, and a GPU provider that is skipped with its reason where there is no GPU.
+Optimum when installed, and GPU backends (an ONNX Runtime provider, torch CUDA, TensorRT) that are skipped
+with their reason where there is no GPU (tests/benchmarks/test_gpu_backends.py covers them with fakes).
 """
 
 from __future__ import annotations
@@ -15,12 +16,13 @@ from click.testing import CliRunner
 
 from benchmarks import BACKENDS, BASELINE, BenchConfig, BenchConfigError, run_benchmark
 from benchmarks.analysis import decode_weight_bytes
+from benchmarks.backends import is_gpu_backend
 from benchmarks.config import parse_backends, parse_ints
 from benchmarks.measure import summarize
 from benchmarks.run import rerender
 from gpt2_export.cli import main
 
-SELECTED = ("hf-sdpa", "optimum-ort", "ort-fused", "ort-int8", "ort-fused-cuda")
+SELECTED = ("hf-sdpa", "optimum-ort", "ort-fused", "ort-int8", "hf-sdpa-cuda", "ort-fused-cuda", "tensorrt")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -63,10 +65,13 @@ def test_results_json_records_config_machine_model_raw_and_summaries(bench):
 
 
 def test_backends_that_cannot_run_here_are_skipped_with_the_reason(bench):
-    cuda = bench.data["backends"]["ort-fused-cuda"]
-    if cuda["status"] == "skipped":
-        assert "CUDAExecutionProvider" in cuda["reason"]
-        assert f"`ort-fused-cuda` (skipped): {cuda['reason']}" in bench.markdown
+    saved = json.loads(bench.files["json"].read_text())["backends"]
+    for name, missing in (("ort-fused-cuda", "CUDAExecutionProvider"), ("hf-sdpa-cuda", "CUDA"),
+                          ("tensorrt", "TensorRT")):
+        backend = bench.data["backends"][name]
+        if backend["status"] == "skipped":
+            assert missing in backend["reason"] and saved[name]["reason"] == backend["reason"], name
+            assert f"`{name}` (skipped): {backend['reason']}" in bench.markdown
     optimum = bench.data["backends"]["optimum-ort"]
     assert optimum["status"] == "ok" or "optimum" in optimum["reason"].lower()
 
@@ -90,7 +95,10 @@ def test_ratios_are_to_transformers_and_optimum_in_the_same_run(bench):
             expected = entry["tokens_per_s"] / base["generate"][batch]["tokens_per_s"]
             assert r["tokens_per_s"][batch] == pytest.approx(expected)
         floor = bench.data["memory_floor"]["floor_ms"]
-        assert r["decode_p50_vs_floor"] == pytest.approx(summary["decode_ms"]["p50"] / floor)
+        if is_gpu_backend(name):  # the floor is the CPU's memory floor
+            assert "decode_p50_vs_floor" not in r
+        else:
+            assert r["decode_p50_vs_floor"] == pytest.approx(summary["decode_ms"]["p50"] / floor)
     assert ratios["to_baseline"][BASELINE]["decode_p50"] == pytest.approx(1.0)
     if "optimum-ort" in summaries:
         opt = summaries["optimum-ort"]["decode_ms"]["p50"]

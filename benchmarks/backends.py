@@ -70,7 +70,7 @@ LABELS = {
     "ort-plain": "our runtime, plain traced graph (fp32)",
     "ort-fused": "our runtime, fused graph, growing cache (fp32; the default export)",
     "ort-fused-shared": "our runtime, fused graph, in-place cache (fp32, GroupQueryAttention)",
-    "ort-int8": "our runtime, fused graph, int8 weights (dynamic quantization)",
+    "ort-int8": "our runtime, fused graph, int8 weights (MatMulNBits, 8-bit blocks of 128)",
     "ort-int4": "our runtime, fused graph, int4 weights (MatMulNBits, block 32)",
     "ort-fused-cuda": "our runtime, fused graph on ONNX Runtime CUDA (fp32)",
     "ort-fused-cuda-fp16": "our runtime, fused graph on ONNX Runtime CUDA (fp16)",

@@ -252,8 +252,12 @@ class BatchEngine:
                 while self._queue and self._free_slot_available() and len(joining) < budget:
                     joining.append((self._slots.index(None), self._queue.popleft()))
                     self._slots[joining[-1][0]] = _RESERVED
-            for slot, handle in joining:
-                self._join(slot, handle)
+            # First tokens go out after the whole round's prefills: a request that emitted its first token
+            # and then waited for seven more prefills would see that wait as one long inter-token gap.
+            firsts = [first for slot, handle in joining if (first := self._join(slot, handle)) is not None]
+            for slot, active, logits in firsts:
+                self._slots[slot] = active
+                self._emit(slot, active, logits)
             self._drop_cancelled()
             if any(self._slots):
                 try:
@@ -261,13 +265,13 @@ class BatchEngine:
                 except Exception as e:  # a failed step ends every request in it, with the reason
                     self._fail_all(f"{type(e).__name__}: {e}")
 
-    def _join(self, slot: int, handle: RequestHandle) -> None:
-        """Prefill a request alone and give it `slot`; its first token comes from the prefill."""
+    def _join(self, slot: int, handle: RequestHandle) -> tuple[int, _Active, np.ndarray] | None:
+        """Prefill a request alone into `slot`; returns what its first token comes from (None if it ended)."""
         request = handle.request
         if handle.cancelled.is_set():
             self._slots[slot] = None
             handle._deliver(TokenEvent(None, None, "cancelled", time.perf_counter()))
-            return
+            return None
         try:
             options = self._options(request)
             eos = self.shape.eos_token_id
@@ -286,11 +290,11 @@ class BatchEngine:
             else:
                 active.decoder = self.model.backend.decoder(1, n + request.max_new_tokens)
                 logits = active.decoder.step(ids, np.ones_like(ids), np.arange(n)[None])
-            self._slots[slot] = active
-            self._emit(slot, active, logits[0])
+            return slot, active, logits[0]
         except Exception as e:
             self._slots[slot] = None
             handle._deliver(TokenEvent(None, None, "error", time.perf_counter(), error=f"{type(e).__name__}: {e}"))
+            return None
 
     def _batch_cache(self) -> SharedKVCache:
         if self._cache is None:

@@ -4,7 +4,8 @@ One engine thread owns the model's decoding. Each request gets a cache slot and 
 (greedy or sampling, with its own seeded generator). With an in-place cache export (`--kv-cache
 shared`) every decode step runs all slots as one batch: the cache is one (max_batch, nh, max_length,
 hs) buffer per tensor and rows are independent ragged sequences, so a request that joins is prefilled
-alone (batch 1, exactly as `model.generate` would) and its keys/values are copied into a free slot.
+alone (batch 1, exactly as `model.generate` would) with its keys/values written straight into a free
+slot's row of that buffer (one row is a contiguous (1, nh, max_length, hs) block).
 Rows never mix, and ONNX Runtime's CPU kernels compute each row the same whatever the batch, so a
 greedy request's tokens equal the same request run alone. Other exports (growing cache) cannot share
 a batch without re-padding every cache, so their requests are interleaved step by step instead, each
@@ -27,7 +28,7 @@ import numpy as np
 from .decoding import GenerationOptions, _draw, _log_softmax, logits_processors
 from .kv_cache import SharedKVCache
 from .model import Model
-from .onnx_decoder import OnnxRuntimeBackend, SharedCacheDecoder
+from .onnx_decoder import OnnxRuntimeBackend
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,9 @@ class TokenEvent:
     finish_reason: str | None  # None while running; "stop" | "length" | "cancelled" | "error"
     time: float  # time.perf_counter() when produced
     error: str | None = None
+
+
+PREFILL_CHUNK = 16  # prompt tokens prefilled per decode step while other requests decode (batched mode)
 
 
 class QueueFullError(RuntimeError):
@@ -131,14 +135,22 @@ class _Active:
     tokens: list[int] = field(default_factory=list)  # prompt + generated
     generated: int = 0
     decoder: object = None  # interleaved mode: the request's own decoder
+    prefilled: int = 0  # batched mode: prompt tokens already in the slot's cache row
+
+    @property
+    def decoding(self) -> bool:
+        """Prefill done: the request takes part in decode steps."""
+        return self.generated > 0
 
 
 class BatchEngine:
     """Schedules completion requests over one loaded Model."""
 
-    def __init__(self, model: Model, max_batch: int = 8, max_queue: int = 64):
-        if max_batch < 1 or max_queue < 0:
-            raise ValueError(f"max_batch must be >= 1 and max_queue >= 0, got {max_batch} and {max_queue}")
+    def __init__(self, model: Model, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = PREFILL_CHUNK):
+        if max_batch < 1 or max_queue < 0 or prefill_chunk < 1:
+            raise ValueError(f"max_batch and prefill_chunk must be >= 1 and max_queue >= 0, got {max_batch}, "
+                             f"{prefill_chunk} and {max_queue}")
+        self.prefill_chunk = prefill_chunk
         if model.manifest.head != "lm":
             raise ValueError(f"serving needs an lm export, not {model.manifest.head!r}: re-export with --head lm")
         self.model = model
@@ -161,7 +173,9 @@ class BatchEngine:
         return self._accepting
 
     def start(self) -> None:
-        """Start the engine thread."""
+        """Allocate the batch cache (in-place exports) and start the engine thread."""
+        if self.batched:
+            self._batch_cache()
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="batch-engine", daemon=True)
             self._thread.start()
@@ -246,27 +260,36 @@ class BatchEngine:
                     self._wake.wait()
                 if self._stop and not self._queue and not any(self._slots):
                     return
+                decoding = self._decoding_slots()
+                prefilling = any(isinstance(s, _Active) and not s.decoding for s in self._slots)
+                # While others decode, one request prefills at a time, a chunk per step (batched mode) or whole
+                # (interleaved mode), so their inter-token gaps grow by one chunk at most; an idle engine takes all.
+                budget = self.max_batch if not decoding else (0 if prefilling else 1)
                 joining = []
-                # While others are decoding, one prefill per step keeps their inter-token gaps short.
-                budget = 1 if any(self._slots) else self.max_batch
                 while self._queue and self._free_slot_available() and len(joining) < budget:
                     joining.append((self._slots.index(None), self._queue.popleft()))
                     self._slots[joining[-1][0]] = _RESERVED
+            firsts = [first for slot, handle in joining if (first := self._join(slot, handle)) is not None]
+            if self.batched:
+                firsts += self._prefill_step(chunked=bool(decoding))
             # First tokens go out after the whole round's prefills: a request that emitted its first token
             # and then waited for seven more prefills would see that wait as one long inter-token gap.
-            firsts = [first for slot, handle in joining if (first := self._join(slot, handle)) is not None]
             for slot, active, logits in firsts:
                 self._slots[slot] = active
                 self._emit(slot, active, logits)
             self._drop_cancelled()
-            if any(self._slots):
+            if self._decoding_slots():
                 try:
                     self._step()
                 except Exception as e:  # a failed step ends every request in it, with the reason
                     self._fail_all(f"{type(e).__name__}: {e}")
 
+    def _decoding_slots(self) -> list[int]:
+        return [i for i, s in enumerate(self._slots) if isinstance(s, _Active) and s.decoding]
+
     def _join(self, slot: int, handle: RequestHandle) -> tuple[int, _Active, np.ndarray] | None:
-        """Prefill a request alone into `slot`; returns what its first token comes from (None if it ended)."""
+        """Give a request `slot`. Interleaved mode prefills it here and returns what its first token comes from;
+        batched mode leaves the prefill to `_prefill_step` (None)."""
         request = handle.request
         if handle.cancelled.is_set():
             self._slots[slot] = None
@@ -280,21 +303,44 @@ class BatchEngine:
             eos_array = np.array(sorted(stops), dtype=np.int64) if stops else None
             active = _Active(handle, options, logits_processors(options, eos_array, len(request.prompt_ids)),
                              np.random.default_rng(request.seed), stops, list(request.prompt_ids))
+            if self.batched:
+                self._batch_cache().lengths[slot] = 0
+                self._slots[slot] = active
+                return None
             ids = np.array([request.prompt_ids], dtype=np.int64)
             n = ids.shape[1]
-            if self.batched:
-                decoder = SharedCacheDecoder(self.model.backend.session, self.model.manifest, "cpu", 1,
-                                             n + request.max_new_tokens)
-                logits = decoder.step(ids, np.ones_like(ids), np.arange(n)[None])
-                self._copy_into_slot(decoder.cache, slot, n)
-            else:
-                active.decoder = self.model.backend.decoder(1, n + request.max_new_tokens)
-                logits = active.decoder.step(ids, np.ones_like(ids), np.arange(n)[None])
+            active.decoder = self.model.backend.decoder(1, n + request.max_new_tokens)
+            logits = active.decoder.step(ids, np.ones_like(ids), np.arange(n)[None])
             return slot, active, logits[0]
         except Exception as e:
             self._slots[slot] = None
             handle._deliver(TokenEvent(None, None, "error", time.perf_counter(), error=f"{type(e).__name__}: {e}"))
             return None
+
+    def _prefill_step(self, chunked: bool) -> list[tuple[int, _Active, np.ndarray]]:
+        """Batched mode: advance prefills; one chunk of the oldest while others decode, else every prompt whole.
+
+        A chunked prefill gives the same keys/values and logits bit for bit as a whole one (checked by the tests).
+        """
+        firsts = []
+        for slot, active in enumerate(self._slots):
+            if not isinstance(active, _Active) or active.decoding:
+                continue
+            prompt = active.handle.request.prompt_ids
+            end = min(len(prompt), active.prefilled + self.prefill_chunk) if chunked else len(prompt)
+            try:
+                logits = self._prefill_into_slot(np.array([prompt[active.prefilled:end]], dtype=np.int64), slot)
+            except Exception as e:
+                self._slots[slot] = None
+                active.handle._deliver(TokenEvent(None, None, "error", time.perf_counter(),
+                                                  error=f"{type(e).__name__}: {e}"))
+                continue
+            active.prefilled = end
+            if end == len(prompt):
+                firsts.append((slot, active, logits[0]))
+            if chunked:
+                break
+        return firsts
 
     def _batch_cache(self) -> SharedKVCache:
         if self._cache is None:
@@ -303,20 +349,27 @@ class BatchEngine:
             dtype = "float16" if self.model.manifest.dtype == "fp16" else "float32"
             self._cache = SharedKVCache(names, [self.shape.n_head] * len(names), self.shape.head_dim,
                                         self.max_batch, self.shape.n_positions, dtype, "cpu")
+            # Fresh pages cost a fault on first write (100-200 ms per joining row measured on a VM): pay once here.
+            self._cache.touch()
         return self._cache
 
-    def _copy_into_slot(self, source: SharedKVCache, slot: int, length: int) -> None:
-        """The prefilled keys/values of a batch-1 cache into row `slot` of the batch cache."""
-        target = self._batch_cache()
-        for i in range(len(target.names)):
-            src = source._buffers[i].view(source._shape(i))  # (1, nh, L, hs)
-            dst = target._buffers[i].view(target._shape(i))  # (max_batch, nh, max_length, hs)
-            dst[slot, :, :length] = src[0, :, :length]
-        target.lengths[slot] = length
+    def _prefill_into_slot(self, ids: np.ndarray, slot: int) -> np.ndarray:
+        """Append prompt tokens ids (1, n) to row `slot`, writing their keys/values in place; (1, V) logits."""
+        cache = self._batch_cache()
+        past, n = int(cache.lengths[slot]), ids.shape[1]
+        binding = self.model.backend.session.io_binding()
+        binding.bind_cpu_input("input_ids", ids)
+        binding.bind_cpu_input("attention_mask", np.ones((1, past + n), dtype=np.int64))
+        binding.bind_cpu_input("position_ids", np.arange(past, past + n, dtype=np.int64)[None])
+        binding.bind_output("logits", "cpu")
+        cache.bind(binding, np.array([n]), rows=1, first_row=slot)
+        self.model.backend.session.run_with_iobinding(binding)
+        cache.lengths[slot] = past + n
+        return binding.get_outputs()[0].numpy()[:, -1].astype(np.float32)  # (1, V)
 
     def _step(self) -> None:
-        """One decode step for every active request."""
-        slots = [i for i, s in enumerate(self._slots) if s is not None and s is not _RESERVED]
+        """One decode step for every request past its prefill."""
+        slots = self._decoding_slots()
         self._last_batch = len(slots)
         self._steps += 1
         if not self.batched:
@@ -337,8 +390,11 @@ class BatchEngine:
             ids[i, 0] = self._slots[i].tokens[-1]
             positions[i, 0] = cache.lengths[i]
             new[i] = 1
-        idle = new == 0
-        cache.lengths[:b][idle] = 0  # idle rows attend to one garbage token of their own; never read
+        # Rows not decoding attend to one garbage token written at their own length, never read: free rows restart
+        # at 0; a row mid-prefill keeps its prompt, and its next chunk overwrites the garbage.
+        for i in range(b):
+            if not new[i] and not isinstance(self._slots[i], _Active):
+                cache.lengths[i] = 0
         lengths = cache.lengths[:b] + 1
         mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)
         binding = self.model.backend.session.io_binding()
@@ -346,10 +402,10 @@ class BatchEngine:
         binding.bind_cpu_input("attention_mask", mask)
         binding.bind_cpu_input("position_ids", positions)
         binding.bind_output("logits", "cpu")
-        cache.bind(binding, np.ones(cache.batch, dtype=np.int64), rows=b)
+        cache.bind(binding, np.ones(b, dtype=np.int64), rows=b)
         self.model.backend.session.run_with_iobinding(binding)
         cache.lengths[:b] += new
-        logits = binding.get_outputs()[0].numpy()[:, -1].astype(np.float32)  # (max_batch, V)
+        logits = binding.get_outputs()[0].numpy()[:, -1].astype(np.float32)  # (b, V)
         for i in slots:
             self._emit(i, self._slots[i], logits[i])
 
@@ -389,4 +445,4 @@ class BatchEngine:
                 active.handle._deliver(TokenEvent(None, None, "error", time.perf_counter(), error=reason))
 
 
-_RESERVED = object()  # a slot taken by a request being prefilled
+_RESERVED = object()  # a slot taken by a request being admitted

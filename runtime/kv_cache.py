@@ -124,14 +124,32 @@ class SharedKVCache:
     def _shape(self, i: int, rows: int | None = None) -> tuple[int, int, int, int]:
         return (self.batch if rows is None else rows, self.heads[i], self.max_length, self.head_dim)
 
-    def bind(self, binding: ort.IOBinding, new_tokens: np.ndarray, rows: int | None = None) -> None:
-        """Bind each tensor's buffer as both its past input and its present output (the first `rows` rows)."""
-        if int((self.lengths + new_tokens).max()) > self.max_length:
+    def bind(self, binding: ort.IOBinding, new_tokens: np.ndarray, rows: int | None = None,
+             first_row: int = 0) -> None:
+        """Bind each tensor's buffer as both its past input and its present output: `rows` rows from `first_row`.
+
+        Rows are the outermost axis, so any run of rows is one contiguous (rows, nh, max_length, hs) block.
+        """
+        rows = self.batch - first_row if rows is None else rows
+        if not 0 <= first_row < first_row + rows <= self.batch:
+            raise ValueError(f"rows [{first_row}, {first_row + rows}) are outside this cache's {self.batch} rows")
+        held = self.lengths[first_row:first_row + rows] + new_tokens
+        if int(held.max()) > self.max_length:
             raise ValueError(f"the cache holds {self.max_length} positions per row; the next step would exceed it")
         for i, (past, present) in enumerate(self.names):
             shape = self._shape(i, rows)
-            binding.bind_input(past, self.device, 0, self.dtype, shape, self._buffers[i].ptr)
-            binding.bind_output(present, self.device, 0, self.dtype, shape, self._buffers[i].ptr)
+            ptr = self._buffers[i].ptr + first_row * self._row_bytes(i)
+            binding.bind_input(past, self.device, 0, self.dtype, shape, ptr)
+            binding.bind_output(present, self.device, 0, self.dtype, shape, ptr)
+
+    def _row_bytes(self, i: int) -> int:
+        return self.heads[i] * self.max_length * self.head_dim * np.dtype(self.dtype).itemsize
+
+    def touch(self) -> None:
+        """Write every page of the host buffers now, so no later step pays for first-touch page faults."""
+        if self.device == "cpu":
+            for buffer in self._buffers:
+                buffer.array.fill(0)
 
     def advance(self, new_tokens: np.ndarray) -> None:
         """Row b now holds new_tokens[b] more positions."""

@@ -147,3 +147,46 @@ def test_bad_requests_are_refused_with_the_numbers(model, request_kwargs, messag
     engine = BatchEngine(model, max_batch=1)
     with pytest.raises(ValueError, match=message):
         engine.submit(CompletionRequest(**request_kwargs))
+
+
+def test_a_chunked_prefill_gives_the_cache_and_logits_of_a_whole_one(exports):
+    model = runtime.load(exports["lm-shared"])
+    engine = BatchEngine(model, max_batch=3)
+    prompt = np.array([PROMPTS[2] + PROMPTS[0]], dtype=np.int64)  # (1, 14)
+    whole = engine._prefill_into_slot(prompt, 0)
+    for start in range(0, prompt.shape[1], 3):
+        chunked = engine._prefill_into_slot(prompt[:, start : start + 3], 2)
+    np.testing.assert_array_equal(chunked, whole)
+    cache = engine._batch_cache()
+    assert cache.lengths[0] == cache.lengths[2] == 14
+    for i in range(len(cache.names)):
+        rows = cache._buffers[i].view(cache._shape(i))  # (3, nh, max_length, hs)
+        np.testing.assert_array_equal(rows[2, :, :14], rows[0, :, :14])
+
+
+def test_a_prompt_joining_running_requests_is_prefilled_a_chunk_per_step(exports, monkeypatch):
+    model = runtime.load(exports["lm-shared"])
+    engine = BatchEngine(model, max_batch=4, prefill_chunk=3)
+    chunks = []
+    prefill = engine._prefill_into_slot
+
+    def spy(ids, slot):
+        chunks.append(ids.shape[1])
+        return prefill(ids, slot)
+
+    monkeypatch.setattr(engine, "_prefill_into_slot", spy)
+    engine.start()
+    try:
+        # Seeded sampling: the tiny checkpoint's greedy continuation repeats one token, which would prove nothing.
+        running = engine.submit(CompletionRequest(tuple(PROMPTS[0]), 30, temperature=5.0, top_k=40, seed=3))
+        events = running.events(timeout=60)
+        first = next(events).token_id  # decoding now
+        joining = engine.submit(CompletionRequest(tuple(PROMPTS[2]), 5))  # 8 tokens: chunks of 3, 3, 2
+        tokens = [[e.token_id for e in _collect(joining)], [first, *(e.token_id for e in events)]]
+    finally:
+        engine.shutdown()
+    assert chunks[0] == len(PROMPTS[0]) and chunks[1:] == [3, 3, 2]
+    assert tokens[0] == _alone(model, PROMPTS[2], max_new_tokens=5, eos_token_id=None)[: len(tokens[0])]
+    sampled = _alone(model, PROMPTS[0], max_new_tokens=30, eos_token_id=None, do_sample=True, temperature=5.0, top_k=40,
+                     seed=3)
+    assert tokens[1] == sampled[: len(tokens[1])] and len(set(tokens[1])) > 3

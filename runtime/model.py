@@ -72,7 +72,7 @@ class Model:
 
     # ---- input checks ----------------------------------------------------------------------------
 
-    def _check_ids(self, input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
+    def _check_ids(self, input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray | None]:
         ids = np.asarray(input_ids)
         if ids.dtype.kind not in "iu":
             raise ValueError(f"input_ids must hold integer token ids, got dtype {ids.dtype}: pass int64 ids")
@@ -87,19 +87,18 @@ class Model:
             bad = int(ids.max()) if ids.max() >= vocab else int(ids.min())
             raise ValueError(f"token id {bad} is out of range for vocab_size {vocab}: ids must be in [0, {vocab})")
         if attention_mask is None:
-            mask = np.ones(ids.shape, dtype=np.int64)
-        else:
-            mask = np.asarray(attention_mask)
-            if mask.ndim == 1:
-                mask = mask[None, :]
-            if mask.shape != ids.shape:
-                raise ValueError(f"attention_mask has shape {mask.shape}, expected {ids.shape} like input_ids")
-            if mask.dtype.kind not in "iub":
-                raise ValueError(f"attention_mask must be 0/1 integers, got dtype {mask.dtype}")
-            if not np.isin(mask, (0, 1)).all():
-                raise ValueError("attention_mask must hold only 0 and 1")
-            if (mask.sum(-1) == 0).any():
-                raise ValueError("a row of attention_mask is all zeros: every prompt needs at least one real token")
+            return ids.astype(np.int64), None  # generate() infers it from pad_token_id, as transformers does
+        mask = np.asarray(attention_mask)
+        if mask.ndim == 1:
+            mask = mask[None, :]
+        if mask.shape != ids.shape:
+            raise ValueError(f"attention_mask has shape {mask.shape}, expected {ids.shape} like input_ids")
+        if mask.dtype.kind not in "iub":
+            raise ValueError(f"attention_mask must be 0/1 integers, got dtype {mask.dtype}")
+        if not np.isin(mask, (0, 1)).all():
+            raise ValueError("attention_mask must hold only 0 and 1")
+        if (mask.sum(-1) == 0).any():
+            raise ValueError("a row of attention_mask is all zeros: every prompt needs at least one real token")
         return ids.astype(np.int64), mask.astype(np.int64)
 
     def _require_head(self, heads: Sequence[str], what: str) -> None:

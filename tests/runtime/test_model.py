@@ -101,6 +101,20 @@ def test_single_prompt_without_mask(lm, hf_lm):
     np.testing.assert_array_equal(ours, theirs)
 
 
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_without_a_mask_pad_tokens_in_the_prompt_are_masked_as_transformers_does(lm, hf_lm, num_beams):
+    # transformers infers attention_mask = ids != pad_token_id when pad is set, present and not an eos id:
+    # a left-padded batch given without its mask, and a pad id inside a prompt, are both masked out.
+    ids = np.array([[7, 7, 5, 17, 42, 99], [80, 7, 81, 82, 83, 84]])
+    ours = lm.generate(ids, max_new_tokens=8, pad_token_id=7, num_beams=num_beams)
+    masked = lm.generate(ids, (ids != 7).astype(np.int64), max_new_tokens=8, pad_token_id=7, num_beams=num_beams)
+    with torch.no_grad():
+        theirs = hf_lm.generate(torch.from_numpy(ids), max_new_tokens=8, do_sample=False, pad_token_id=7,
+                                num_beams=num_beams).numpy()
+    np.testing.assert_array_equal(ours, theirs)
+    np.testing.assert_array_equal(ours, masked)
+
+
 def test_seeded_sampling_is_reproducible(lm):
     ids, mask = _batch()
     options = dict(max_new_tokens=10, do_sample=True, top_k=40, top_p=0.95, temperature=5.0)

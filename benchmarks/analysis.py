@@ -38,6 +38,17 @@ def memory_floor(config: dict[str, Any], bandwidth_gbs: float) -> dict[str, floa
             "floor_ms": weight_bytes / (bandwidth_gbs * 1e9) * 1e3}
 
 
+def batch_latency(raw: dict[str, Any]) -> dict[str, Any] | None:
+    """Prefill and per-step decode at batch `decode_batch`, and its decode tokens/s; None for runs without them."""
+    if "prefill_batch" not in raw or "decode_batch" not in raw:  # results.json written before they were measured
+        return None
+    prefill, decode = raw["prefill_batch"], raw["decode_batch"]
+    decode_ms = summarize(np.asarray(decode["runs_s"], dtype=np.float64).ravel(), 1e3)
+    return {"batch": decode["batch"], "prompt_length": decode["prompt_length"],
+            "prefill_ms": summarize(prefill["seconds"], 1e3), "decode_ms": decode_ms,
+            "decode_tokens_per_s": decode["batch"] * 1e3 / decode_ms["p50"]}  # a step makes one token per row
+
+
 def summarize_backend(raw: dict[str, Any]) -> dict[str, Any]:
     """Milliseconds and tokens/s from one backend's raw seconds."""
     decode = raw["decode"]
@@ -53,6 +64,7 @@ def summarize_backend(raw: dict[str, Any]) -> dict[str, Any]:
         "decode_ms_by_position": {"positions": decode["positions"],
                                   "median": (np.median(runs, axis=0) * 1e3).tolist()},
         "generate": generate,
+        "batch_latency": batch_latency(raw),
         "peak_rss_mb": raw["peak_rss_mb"],
         "bandwidth_gbs_before": raw.get("bandwidth_gbs_before"),
         "load_s": raw["load_s"],
@@ -71,6 +83,9 @@ def ratios_to(summaries: dict[str, dict], reference: str, floor_ms: float | None
         entry: dict[str, Any] = {"decode_p50": None, "prefill": {}, "tokens_per_s": {}}
         if ref is not None:
             entry["decode_p50"] = _ratio(s["decode_ms"]["p50"], ref["decode_ms"]["p50"])
+            if s.get("batch_latency") and ref.get("batch_latency"):
+                entry["decode_p50_batch"] = _ratio(s["batch_latency"]["decode_ms"]["p50"],
+                                                   ref["batch_latency"]["decode_ms"]["p50"])
             entry["prefill"] = {k: _ratio(v["median"], ref["prefill_ms"].get(k, {}).get("median"))
                                 for k, v in s["prefill_ms"].items()}
             entry["tokens_per_s"] = {k: _ratio(v["tokens_per_s"], ref["generate"].get(k, {}).get("tokens_per_s"))

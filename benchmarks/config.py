@@ -56,6 +56,7 @@ class BenchConfig:
     threads: int = 2
     prompt_lengths: tuple[int, ...] | None = None  # prefill sweep, batch 1
     batch_sizes: tuple[int, ...] | None = None  # end-to-end tokens/s
+    decode_batch: int | None = None  # batch of the second prefill and per-token decode timing; None: max(batch_sizes)
     decode_prompt: int | None = None  # prompt length before the per-token decode timing and generate()
     new_tokens: int | None = None  # decode steps timed, and new tokens per generate()
     repeats: int | None = None  # timed runs of prefill and decode (after warmup)
@@ -86,8 +87,10 @@ class BenchConfig:
             values = getattr(self, name)
             if not values or any(not isinstance(v, int) or v < 1 for v in values):
                 raise BenchConfigError(f"{name}={values!r} must be a non-empty list of integers >= 1")
-        for name, minimum in (("threads", 1), ("decode_prompt", 1), ("new_tokens", 1), ("repeats", 1),
-                              ("warmup", 0), ("generate_repeats", 1), ("agreement_prompts", 1),
+        if self.decode_batch is None:  # the largest generate() batch: latency at the batch whose tokens/s is reported
+            object.__setattr__(self, "decode_batch", max(self.batch_sizes))
+        for name, minimum in (("threads", 1), ("decode_batch", 1), ("decode_prompt", 1), ("new_tokens", 1),
+                              ("repeats", 1), ("warmup", 0), ("generate_repeats", 1), ("agreement_prompts", 1),
                               ("agreement_tokens", 1), ("bandwidth_mib", 1), ("quiet_wait_s", 0), ("retries", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < minimum:
@@ -97,6 +100,10 @@ class BenchConfig:
     def output_dir(self) -> Path:
         """The output folder as a Path."""
         return Path(self.output)
+
+    def largest_batch(self) -> int:
+        """The most rows any measurement runs (a TensorRT engine must serve it)."""
+        return max(*self.batch_sizes, self.decode_batch)
 
     def longest_sequence(self) -> int:
         """The most positions any measurement needs (checked against the model's n_positions)."""

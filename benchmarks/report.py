@@ -69,6 +69,28 @@ def results_table(data: dict[str, Any]) -> list[str]:
     return _table(header, rows)
 
 
+def batch_lines(data: dict[str, Any]) -> list[str]:
+    """Prefill and per-token decode at batch 1 and batch B side by side; [] for runs that did not measure batch B."""
+    measured = {name: s["batch_latency"] for name, s in data["summaries"].items() if s.get("batch_latency")}
+    if not measured:
+        return []
+    first = next(iter(measured.values()))
+    batch, length = first["batch"], str(first["prompt_length"])
+    ratios = data["ratios"]["to_baseline"]
+    header = ["backend", f"prefill {length} B=1", f"prefill {length} B={batch}", "decode p50 B=1",
+              f"decode p50 B={batch}", "p90", "p99", f"decode tok/s B={batch}", f"decode B={batch} / {BASELINE}"]
+    rows = []
+    for name, b in measured.items():
+        s = data["summaries"][name]
+        rows.append([f"`{name}`", _num(s["prefill_ms"].get(length, {}).get("median")), _num(b["prefill_ms"]["median"]),
+                     _num(s["decode_ms"]["p50"], 2)] + [_num(b["decode_ms"][p], 2) for p in ("p50", "p90", "p99")]
+                    + [_num(b["decode_tokens_per_s"]), _x(ratios.get(name, {}).get("decode_p50_batch"))])
+    return [f"## Prefill and per-token decode at batch 1 and batch {batch}", "",
+            f"Median prefill ms of a {length}-token prompt; decode ms per step (every row gets one token; p50/p90/p99 "
+            f"over every step of every repeat); decode tok/s = {batch} / p50 step time.", "",
+            *_table(header, rows), ""]
+
+
 def ratio_table(data: dict[str, Any]) -> list[str]:
     """Rows = backends: time ratios to transformers (SDPA) and Optimum, speed-up of tokens/s at each batch."""
     cfg, to_base, to_opt = data["config"], data["ratios"]["to_baseline"], data["ratios"]["to_optimum"]
@@ -167,7 +189,8 @@ def _header(data: dict[str, Any]) -> list[str]:
         f"- Shapes: prefill at {', '.join(map(str, cfg['prompt_lengths']))} tokens (batch 1); decode "
         f"{cfg['new_tokens']} steps after a {cfg['decode_prompt']}-token prompt (batch 1); generate() "
         f"{cfg['new_tokens']} new tokens at batch {', '.join(map(str, cfg['batch_sizes']))}; "
-        f"{cfg['repeats']} repeats after {cfg['warmup']} warm-up (generate: {cfg['generate_repeats']} after 1)",
+        f"{cfg['repeats']} repeats after {cfg['warmup']} warm-up (generate: {cfg['generate_repeats']} after 1)"
+        + (f"; prefill and decode also at batch {cfg['decode_batch']}" if cfg.get("decode_batch") else ""),
     ]
     noisy = {name: b["raw"]["contention"]["other_processes_cpu_share"] for name, b in data["backends"].items()
              if (b.get("raw") or {}).get("contention", {}).get("other_processes_cpu_share", 0.0) > QUIET_SHARE}
@@ -203,6 +226,7 @@ def markdown(data: dict[str, Any]) -> str:
         "Median prefill ms per prompt length; decode ms per token (p50/p90/p99 over every step of every repeat); "
         "end-to-end generate() tokens/s per batch size; peak RSS of the backend's own process.", "",
         *results_table(data), "",
+        *batch_lines(data),
         "## Ratios in the same run (time: lower is better; tokens/s: higher is better)", "",
         *ratio_table(data), "",
         *gpu_ratio_lines(data),
@@ -221,9 +245,10 @@ def markdown(data: dict[str, Any]) -> str:
         other = (f"; other processes used {busy['other_processes_cpu_share']:.0%} of the CPUs while it was measured"
                  if busy else "")
         raw = b.get("raw") or {}
-        redone = raw.get("decode", {}).get("discarded_noisy_runs", 0) + sum(
+        runs = ("decode", "prefill_batch", "decode_batch")  # the batch-B ones are absent from older results
+        redone = sum(raw.get(key, {}).get("discarded_noisy_runs", 0) for key in runs) + sum(
             g.get("discarded_noisy_calls", 0) for g in raw.get("generate", {}).values())
-        again = f"; {redone} noisy decode run(s) / generate() call(s) measured again" if redone else ""
+        again = f"; {redone} noisy prefill / decode run(s) / generate() call(s) measured again" if redone else ""
         lines.append(f"- `{name}`: {b['label']}{match}{other}{again}")
     return "\n".join(lines) + "\n"
 

@@ -35,7 +35,7 @@ class BenchResult:
 
 def _plan(config: BenchConfig) -> dict[str, Any]:
     """The measurement shapes a worker needs."""
-    keys = ("prompt_lengths", "batch_sizes", "decode_prompt", "new_tokens", "repeats", "warmup",
+    keys = ("prompt_lengths", "batch_sizes", "decode_batch", "decode_prompt", "new_tokens", "repeats", "warmup",
             "generate_repeats", "agreement_prompts", "agreement_tokens", "seed", "threads")
     return {**{key: getattr(config, key) for key in keys}, "quiet_share": QUIET_SHARE if config.retries else None}
 
@@ -76,7 +76,7 @@ def _build_engine(arts: artifacts.Artifacts, config: BenchConfig, workdir: Path,
         arts.engine_problem = {"status": "failed", "reason": arts.export_errors[artifacts.ENGINE_VARIANT]}
         return
     spec = {"job": "tensorrt-engine", "export": str(arts.exports[artifacts.ENGINE_VARIANT]),
-            "folder": str(artifacts.engine_folder(arts.root)), "max_batch": max(config.batch_sizes),
+            "folder": str(artifacts.engine_folder(arts.root)), "max_batch": config.largest_batch(),
             "max_sequence": config.longest_sequence()}
     try:
         with stage("TensorRT engine of the plain fp16 export", report_):

@@ -3,6 +3,8 @@
 - prefill: batch 1, one forward per prompt length, warm-up then repeats;
 - decode: batch 1, `new_tokens` greedy steps after a `decode_prompt`-token prompt, every step timed,
   warm-up runs then repeats (so each position has `repeats` samples);
+- at batch `decode_batch` (rows of differing prompts): one prefill of the `decode_prompt` length, warm-up
+  then repeats, and the same per-step decode as at batch 1 (a step's time covers every row's token);
 - generate: end to end (prefill + decode loop + the backend's own sampling code) at each batch size,
   one warm-up call then `generate_repeats` calls; tokens/s = batch x new tokens / seconds.
 A prefill sweep of one length, a decode run or a generate() call during which other processes took more
@@ -40,10 +42,21 @@ def measure_prefill(backend: Backend, plan: dict[str, Any], report: Callable[[st
     return samples
 
 
-def measure_decode(backend: Backend, plan: dict[str, Any], report: Callable[[str], None]) -> dict[str, Any]:
-    """Seconds of every decode step, per timed run (batch 1)."""
+def measure_batch_prefill(backend: Backend, plan: dict[str, Any], report: Callable[[str], None]) -> dict[str, Any]:
+    """Seconds per prefill of `decode_batch` rows of `decode_prompt` tokens."""
+    batch, length = plan["decode_batch"], plan["decode_prompt"]
+    ids, mask = prompt(batch, length, plan["seed"], backend.vocab_size)
+    sweep = partial(repeat, partial(backend.prefill, ids, mask), plan["warmup"], plan["repeats"])
+    seconds, discarded = guarded(sweep, plan["quiet_share"])  # all repeats as one unit, like a prompt length
+    report(f"prefill batch {batch} x {length} tokens: median {np.median(seconds) * 1e3:.1f} ms")
+    return {"batch": batch, "prompt_length": length, "seconds": seconds, "discarded_noisy_runs": discarded}
+
+
+def measure_decode(backend: Backend, plan: dict[str, Any], report: Callable[[str], None],
+                   batch: int = 1) -> dict[str, Any]:
+    """Seconds of every decode step (all `batch` rows at once), per timed run."""
     length, steps = plan["decode_prompt"], plan["new_tokens"]
-    ids, mask = prompt(1, length, plan["seed"], backend.vocab_size)
+    ids, mask = prompt(batch, length, plan["seed"], backend.vocab_size)
     for _ in range(plan["warmup"]):
         backend.decode_steps(ids, mask, steps)
     runs, discarded = [], 0
@@ -51,8 +64,8 @@ def measure_decode(backend: Backend, plan: dict[str, Any], report: Callable[[str
         steps_s, redone = guarded(lambda: backend.decode_steps(ids, mask, steps), plan["quiet_share"])
         runs.append(steps_s)
         discarded += redone
-    report(f"decode {steps} steps after {length}: median {np.median(runs) * 1e3:.2f} ms/token")
-    return {"prompt_length": length, "positions": list(range(length, length + steps)), "runs_s": runs,
+    report(f"decode batch {batch}, {steps} steps after {length}: median {np.median(runs) * 1e3:.2f} ms/step")
+    return {"batch": batch, "prompt_length": length, "positions": list(range(length, length + steps)), "runs_s": runs,
             "discarded_noisy_runs": discarded}
 
 
@@ -89,5 +102,7 @@ def measure_backend(backend: Backend, plan: dict[str, Any], report: Callable[[st
     return {
         "prefill_s": measure_prefill(backend, plan, report),
         "decode": measure_decode(backend, plan, report),
+        "prefill_batch": measure_batch_prefill(backend, plan, report),
+        "decode_batch": measure_decode(backend, plan, report, plan["decode_batch"]),
         "generate": measure_generate(backend, plan, report),
     }

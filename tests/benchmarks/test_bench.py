@@ -9,7 +9,9 @@ with their reason where there is no GPU (tests/benchmarks/test_gpu_backends.py c
 from __future__ import annotations
 
 import json
+import shutil
 import struct
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -19,9 +21,11 @@ from benchmarks.analysis import decode_weight_bytes
 from benchmarks.backends import is_gpu_backend
 from benchmarks.config import parse_backends, parse_ints
 from benchmarks.measure import summarize
-from benchmarks.run import rerender
+from benchmarks.report import markdown
+from benchmarks.run import analyse, rerender
 from gpt2_export.cli import main
 
+COMMITTED = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "results.json"  # a run from before batch B
 SELECTED = ("hf-sdpa", "optimum-ort", "ort-fused", "ort-int8", "hf-sdpa-cuda", "ort-fused-cuda", "tensorrt")
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -59,6 +63,13 @@ def test_results_json_records_config_machine_model_raw_and_summaries(bench):
         assert len(raw["decode"]["runs_s"]) == 2 and len(raw["decode"]["runs_s"][0]) == 4  # repeats x new tokens
         assert summary["decode_ms_by_position"]["positions"] == [4, 5, 6, 7]
         assert set(summary["generate"]) == {"1", "2"} and raw["peak_rss_mb"] > 0
+        # batch B = 2 (quick's largest batch), the decode prompt's length: repeats, and repeats x new tokens
+        assert raw["prefill_batch"]["batch"] == raw["decode_batch"]["batch"] == data["config"]["decode_batch"] == 2
+        assert raw["prefill_batch"]["prompt_length"] == 4 and len(raw["prefill_batch"]["seconds"]) == 2
+        assert len(raw["decode_batch"]["runs_s"]) == 2 and len(raw["decode_batch"]["runs_s"][0]) == 4
+        batch = summary["batch_latency"]
+        assert batch["batch"] == 2 and batch["prefill_ms"]["n"] == 2 and batch["decode_ms"]["n"] == 8
+        assert batch["decode_tokens_per_s"] == pytest.approx(2e3 / batch["decode_ms"]["p50"], rel=1e-4)  # JSON rounds
         assert all(entry["tokens_per_s"] > 0 for entry in summary["generate"].values())
     for name in ("hf-sdpa", "ort-fused", "ort-int8"):
         assert data["backends"][name]["status"] == "ok", data["backends"][name]["reason"]
@@ -116,6 +127,10 @@ def test_markdown_has_a_row_per_backend_ratios_targets_and_agreement(bench):
                 assert len(rows) == 1, (heading, name)
         else:
             assert f"- `{name}` ({backend['status']}): " in text
+    for name in bench.data["summaries"]:
+        rows = [line for line in _section(text, "## Prefill and per-token decode at batch 1 and batch 2")
+                if line.startswith(f"| `{name}` |")]
+        assert len(rows) == 1, name
     for heading in ("## Results", "## Ratios in the same run", "## Targets", "## int8 / int4 greedy agreement"):
         assert heading in text
     assert "Memory floor" in text and "GB/s" in text and "QUICK MODE" in text
@@ -154,6 +169,64 @@ def test_a_saved_run_renders_again_from_its_json(bench):
     for name, ratio in bench.data["ratios"]["to_baseline"].items():
         assert again.data["ratios"]["to_baseline"][name]["decode_p50"] == pytest.approx(ratio["decode_p50"], rel=1e-4)
     assert [t["met"] for t in again.data["targets"]] == [t["met"] for t in bench.data["targets"]]
+    for name, summary in bench.data["summaries"].items():
+        p50 = summary["batch_latency"]["decode_ms"]["p50"]
+        assert again.data["summaries"][name]["batch_latency"]["decode_ms"]["p50"] == pytest.approx(p50, rel=1e-4)
+
+
+def test_a_saved_run_from_before_batch_b_latency_still_renders(tmp_path):
+    shutil.copy(COMMITTED, tmp_path / "results.json")
+    saved = json.loads(COMMITTED.read_text())
+    assert "decode_batch" not in saved["config"]  # the point of this test: no batch-B keys anywhere
+    assert all("decode_batch" not in (b.get("raw") or {}) for b in saved["backends"].values())
+    again = rerender(tmp_path)
+    assert list(again.data["summaries"]) == list(saved["summaries"])
+    for name, summary in saved["summaries"].items():
+        assert again.data["summaries"][name]["batch_latency"] is None
+        assert again.data["summaries"][name]["decode_ms"]["p50"] == pytest.approx(summary["decode_ms"]["p50"], rel=1e-4)
+        assert any(line.startswith(f"| `{name}` |") for line in _section(again.markdown, "## Results")), name
+    assert "per-token decode at batch" not in again.markdown and "also at batch" not in again.markdown
+    assert (tmp_path / "results.md").read_text() == again.markdown
+
+
+def _fake_raw(decode_ms: float, batch_step_ms: float, prefill_ms: float, batch_prefill_ms: float) -> dict:
+    """A backend's raw result on quick shapes (prompts 4, 8; batches 1, 8; decode prompt 4) with batch 8 timed."""
+    generate = {str(b): {"batch": b, "new_tokens": 2, "prompt_length": 4, "seconds": [0.1],
+                         "tokens_row0": [1, 2], "discarded_noisy_calls": 0} for b in (1, 8)}
+    return {"status": "ok", "prefill_s": {"4": [prefill_ms / 1e3] * 2, "8": [prefill_ms / 1e3] * 2},
+            "decode": {"batch": 1, "prompt_length": 4, "positions": [4, 5], "runs_s": [[decode_ms / 1e3] * 2],
+                       "discarded_noisy_runs": 0},
+            "prefill_batch": {"batch": 8, "prompt_length": 4, "seconds": [batch_prefill_ms / 1e3] * 2,
+                              "discarded_noisy_runs": 1},
+            "decode_batch": {"batch": 8, "prompt_length": 4, "positions": [4, 5],
+                             "runs_s": [[batch_step_ms / 1e3, 3 * batch_step_ms / 1e3]], "discarded_noisy_runs": 0},
+            "generate": generate, "peak_rss_mb": 100.0, "load_s": 1.0, "bandwidth_gbs_before": 20.0}
+
+
+def test_batch_b_summary_ratio_and_table_from_fake_results():
+    machine = {"cpu": "Test CPU", "cpu_flags": [], "usable_cores": 2, "memory_gb": 8.0, "versions": {},
+               "bandwidth": {"gbs": 20.0, "method": "fake", "sum_1_thread_gbs": 10.0}}
+    model = {"source": "fake", "random_weights": True, "n_layer": 2, "n_embd": 64, "vocab_size": 100,
+             "n_positions": 64, "config": {"n_layer": 2, "n_embd": 64, "vocab_size": 100}}
+    config = BenchConfig(quick=True, batch_sizes=(1, 8)).to_dict()
+    assert config["decode_batch"] == 8
+    results = {"hf-sdpa": {"backend": "hf-sdpa", **_fake_raw(40.0, 80.0, 100.0, 600.0)},
+               "ort-fused": {"backend": "ort-fused", **_fake_raw(16.0, 20.0, 50.0, 200.0)}}
+    data = analyse(config, machine, model, results, None, created="2026-01-01T00:00:00+00:00")
+    batch = data["summaries"]["ort-fused"]["batch_latency"]
+    assert batch["batch"] == 8 and batch["prompt_length"] == 4 and batch["prefill_ms"]["median"] == pytest.approx(200.0)
+    assert batch["decode_ms"]["p50"] == pytest.approx(40.0)  # steps of 20 and 60 ms
+    assert batch["decode_ms"]["p99"] == pytest.approx(59.6)
+    assert batch["decode_tokens_per_s"] == pytest.approx(200.0)  # 8 tokens per 40 ms step
+    assert data["ratios"]["to_baseline"]["ort-fused"]["decode_p50_batch"] == pytest.approx(0.25)  # 40 / 160 ms
+    text = markdown(data)
+    table = _section(text, "## Prefill and per-token decode at batch 1 and batch 8")
+    assert ("| backend | prefill 4 B=1 | prefill 4 B=8 | decode p50 B=1 | decode p50 B=8 | p90 | p99 "
+            "| decode tok/s B=8 | decode B=8 / hf-sdpa |") in table
+    assert "| `ort-fused` | 50.0 | 200.0 | 16.00 | 40.00 | 56.00 | 59.60 | 200.0 | 0.25x |" in table
+    assert "| `hf-sdpa` | 100.0 | 600.0 | 40.00 | 160.00 | 224.00 | 238.40 | 50.0 | 1.00x |" in table
+    assert "prefill and decode also at batch 8" in text
+    assert "1 noisy prefill / decode run(s) / generate() call(s) measured again" in text
 
 
 def test_cli_bench_quick_prints_the_table(hf_checkpoints, bench_output, bench):
@@ -184,6 +257,12 @@ def test_config_validation_names_the_value_and_the_fix():
     full, quick = BenchConfig(), BenchConfig(quick=True, repeats=3)
     assert full.prompt_lengths == (8, 32, 128, 512) and full.batch_sizes == (1, 4, 8) and full.new_tokens == 128
     assert quick.repeats == 3 and quick.new_tokens < full.new_tokens
+    assert full.decode_batch == 8 and quick.decode_batch == 2  # the largest generate() batch
+    assert BenchConfig(batch_sizes=(4, 1)).decode_batch == 4 and BenchConfig(decode_batch=3).decode_batch == 3
+    assert BenchConfig(quick=True, decode_batch=16).largest_batch() == 16  # what a TensorRT engine must serve
+    for bad in (0, -1, 2.0):
+        with pytest.raises(BenchConfigError, match="decode_batch"):
+            BenchConfig(decode_batch=bad)
 
 
 def test_a_sequence_longer_than_n_positions_is_refused(hf_checkpoints, tmp_path):

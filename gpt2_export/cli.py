@@ -192,9 +192,12 @@ def generate_command(
 @click.option("--prompt-lengths", default=None, help="Prefill prompt lengths (default 8,32,128,512).")
 @click.option("--batch-sizes", default=None, help="generate() batch sizes (default 1,4,8).")
 @click.option("--new-tokens", type=click.IntRange(min=1), default=None, help="Decode steps / new tokens (default 128).")
+@click.option("--decode-batch", type=click.IntRange(min=1), default=None,
+              help="Batch of the second prefill / per-token decode measurement (default: the largest batch size).")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="Threads per backend.")
 @_errors_as_messages
-def bench_command(model_path, output, quick, backends, repeats, prompt_lengths, batch_sizes, new_tokens, threads):
+def bench_command(model_path, output, quick, backends, repeats, prompt_lengths, batch_sizes, new_tokens, decode_batch,
+                  threads):
     """Benchmark every backend side by side: prefill, per-token decode, tokens/s, peak RSS, ratios, targets."""
     from benchmarks import BenchConfig, run_benchmark
     from benchmarks.config import parse_backends, parse_ints
@@ -210,6 +213,7 @@ def bench_command(model_path, output, quick, backends, repeats, prompt_lengths, 
         prompt_lengths=parse_ints(prompt_lengths, "--prompt-lengths"),
         batch_sizes=parse_ints(batch_sizes, "--batch-sizes"),
         new_tokens=new_tokens,
+        decode_batch=decode_batch,
         threads=threads,
         extra={"command": " ".join(["gpt2-export", *sys.argv[1:]])},
     )

@@ -231,13 +231,14 @@ def test_batch_b_summary_ratio_and_table_from_fake_results():
 
 def test_cli_bench_quick_prints_the_table(hf_checkpoints, bench_output, bench):
     args = ["bench", "--quick", "--model", str(hf_checkpoints["lm"]), "--output", str(bench_output),
-            "--backends", "hf-sdpa,ort-fused", "--prompt-lengths", "4,6"]
+            "--backends", "hf-sdpa,ort-fused", "--prompt-lengths", "4,6", "--decode-batch", "3"]
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "# gpt2-export benchmark" in result.stdout and "| `ort-fused` |" in result.stdout
     assert "| backend | prefill 4 | prefill 6 |" in result.stdout
     assert "[backend ort-fused]" in result.stderr  # progress per backend and stage on stderr
-    assert json.loads((bench_output / "results.json").read_text())["config"]["prompt_lengths"] == [4, 6]
+    config = json.loads((bench_output / "results.json").read_text())["config"]
+    assert config["prompt_lengths"] == [4, 6] and config["decode_batch"] == 3
 
 
 def test_cli_rejects_a_missing_checkpoint_without_downloading(tmp_path):

@@ -156,7 +156,10 @@ class BatchEngine:
         self.model = model
         self.shape = model.manifest.shape
         self.max_batch, self.max_queue = max_batch, max_queue
-        self.batched = model.manifest.kv_cache == "shared" and isinstance(model.backend, OnnxRuntimeBackend)
+        # The batch cache is host memory bound by pointer: on a GPU provider, requests interleave on their own
+        # device-resident decoders instead (same tokens, no batching speed-up) until a device batch cache exists.
+        self.batched = (model.manifest.kv_cache == "shared" and isinstance(model.backend, OnnxRuntimeBackend)
+                        and model.backend.device == "cpu")
         self._queue: deque[RequestHandle] = deque()
         self._wake = threading.Condition()
         self._slots: list[_Active | None] = [None] * max_batch

@@ -190,3 +190,10 @@ def test_a_prompt_joining_running_requests_is_prefilled_a_chunk_per_step(exports
     sampled = _alone(model, PROMPTS[0], max_new_tokens=30, eos_token_id=None, do_sample=True, temperature=5.0, top_k=40,
                      seed=3)
     assert tokens[1] == sampled[: len(tokens[1])] and len(set(tokens[1])) > 3
+
+
+def test_an_in_place_export_on_a_gpu_provider_interleaves_instead_of_binding_host_buffers(exports, monkeypatch):
+    model = runtime.load(exports["lm-shared"])
+    assert BatchEngine(model).batched
+    monkeypatch.setattr(model.backend, "device", "cuda")  # what provider="cuda" sets; no GPU needed to check
+    assert not BatchEngine(model).batched

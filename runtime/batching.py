@@ -358,17 +358,24 @@ class BatchEngine:
 
     def _prefill_into_slot(self, ids: np.ndarray, slot: int) -> np.ndarray:
         """Append prompt tokens ids (1, n) to row `slot`, writing their keys/values in place; (1, V) logits."""
-        cache = self._batch_cache()
-        past, n = int(cache.lengths[slot]), ids.shape[1]
+        past, n = int(self._batch_cache().lengths[slot]), ids.shape[1]
+        mask = np.ones((1, past + n), dtype=np.int64)
+        positions = np.arange(past, past + n, dtype=np.int64)[None]
+        logits = self._run_rows(ids, mask, positions, first_row=slot)
+        self._cache.lengths[slot] = past + n
+        return logits
+
+    def _run_rows(self, ids: np.ndarray, mask: np.ndarray, positions: np.ndarray, first_row: int = 0) -> np.ndarray:
+        """One forward of rows [first_row, first_row + B) of the batch cache, in place; (B, V) last-position logits."""
+        rows, new_tokens = ids.shape
         binding = self.model.backend.session.io_binding()
         binding.bind_cpu_input("input_ids", ids)
-        binding.bind_cpu_input("attention_mask", np.ones((1, past + n), dtype=np.int64))
-        binding.bind_cpu_input("position_ids", np.arange(past, past + n, dtype=np.int64)[None])
+        binding.bind_cpu_input("attention_mask", mask)
+        binding.bind_cpu_input("position_ids", positions)
         binding.bind_output("logits", "cpu")
-        cache.bind(binding, np.array([n]), rows=1, first_row=slot)
+        self._batch_cache().bind(binding, np.full(rows, new_tokens, dtype=np.int64), rows=rows, first_row=first_row)
         self.model.backend.session.run_with_iobinding(binding)
-        cache.lengths[slot] = past + n
-        return binding.get_outputs()[0].numpy()[:, -1].astype(np.float32)  # (1, V)
+        return binding.get_outputs()[0].numpy()[:, -1].astype(np.float32)
 
     def _step(self) -> None:
         """One decode step for every request past its prefill."""
@@ -400,15 +407,8 @@ class BatchEngine:
                 cache.lengths[i] = 0
         lengths = cache.lengths[:b] + 1
         mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)
-        binding = self.model.backend.session.io_binding()
-        binding.bind_cpu_input("input_ids", ids)
-        binding.bind_cpu_input("attention_mask", mask)
-        binding.bind_cpu_input("position_ids", positions)
-        binding.bind_output("logits", "cpu")
-        cache.bind(binding, np.ones(b, dtype=np.int64), rows=b)
-        self.model.backend.session.run_with_iobinding(binding)
+        logits = self._run_rows(ids, mask, positions)  # (b, V)
         cache.lengths[:b] += new
-        logits = binding.get_outputs()[0].numpy()[:, -1].astype(np.float32)  # (b, V)
         for i in slots:
             self._emit(i, self._slots[i], logits[i])
 

@@ -9,7 +9,6 @@ only here and only when such a checkpoint is read, so it stays an optional extra
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from pathlib import Path
 import torch
 
 from .hub import CheckpointNotFoundError
-from .loading import CheckpointReadError
+from .loading import CheckpointReadError, read_json
 
 HPARAMS_NAME = "hparams.json"
 # hparams.json key -> GPT2Config field.
@@ -74,13 +73,7 @@ def find_tf_checkpoint(folder: Path) -> Path | None:
 
 def config_from_hparams(path: Path) -> dict[str, int]:
     """The GPT2Config fields of an OpenAI hparams.json: vocab_size, n_positions, n_embd, n_head, n_layer."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise CheckpointReadError(f"{path} is not valid JSON ({e}): restore the original hparams.json") from e
-    if not isinstance(data, dict):
-        kind = type(data).__name__
-        raise CheckpointReadError(f"{path} holds a {kind}, not a JSON object: restore hparams.json")
+    data = read_json(path)
     missing = [key for key in HPARAMS if key not in data]
     if missing:
         raise CheckpointReadError(

@@ -603,3 +603,13 @@ def test_a_bad_hparams_json_names_the_missing_keys(tmp_path):
     (folder / "model.ckpt.index").write_bytes(b"")
     with pytest.raises(CheckpointReadError, match=r"hparams.json lacks n_embd, n_head, n_layer"):
         models.GPT2LMHeadModel.from_pretrained(folder)
+
+
+@pytest.mark.parametrize("text, message", [("{n_vocab: 99", "is not valid JSON"), ("[99, 32]", "holds a JSON list")])
+def test_an_unreadable_hparams_json_names_the_file(tmp_path, text, message):
+    folder = tmp_path / "tf"
+    folder.mkdir()
+    (folder / "hparams.json").write_text(text)
+    (folder / "model.ckpt.index").write_bytes(b"")
+    with pytest.raises(CheckpointReadError, match=rf"hparams.json {message}"):
+        models.GPT2LMHeadModel.from_pretrained(folder)

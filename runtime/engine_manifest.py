@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .manifest import read_versioned_json
+
 ENGINE_MANIFEST = "engine.json"
 ENGINE_FILE = "model.engine"
 TIMING_CACHE = "timing.cache"
@@ -202,17 +204,8 @@ class EngineManifest:
         rebuild = "rebuild the folder with `gpt2-export build-engine EXPORT_FOLDER --output ENGINE_FOLDER`"
         if not path.is_file():
             raise EngineManifestError(f"{folder} has no {ENGINE_MANIFEST}: it is not an engine folder; {rebuild}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise EngineManifestError(f"{path} is not valid JSON ({e}): {rebuild}") from e
-        if data.get("format") != FORMAT:
-            raise EngineManifestError(f"{path} is not a gpt2-export engine manifest (format {data.get('format')!r})")
-        if data.get("format_version") != FORMAT_VERSION:
-            raise EngineManifestError(
-                f"{path} has format_version {data.get('format_version')}, this runtime reads version "
-                f"{FORMAT_VERSION}: {rebuild}"
-            )
+        data = read_versioned_json(path, "engine manifest", FORMAT, FORMAT_VERSION, EngineManifestError,
+                                   fix=rebuild)
         try:
             major, minor = data["compute_capability"]
             return cls(

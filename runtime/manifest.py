@@ -84,6 +84,24 @@ class ModelShape:
         return cls(**data)
 
 
+def read_versioned_json(path: Path, kind: str, format_id: str, version: int, error: type[Exception], fix: str,
+                        version_fix: str | None = None) -> dict[str, Any]:
+    """A JSON object with `format` format_id and `format_version` version, or `error` naming the file and fix."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{path} is not valid JSON ({e}): {fix}") from e
+    found = data.get("format") if isinstance(data, dict) else type(data).__name__
+    if found != format_id:
+        raise error(f"{path} is not a gpt2-export {kind} (format {found!r})")
+    if data.get("format_version") != version:
+        raise error(
+            f"{path} has format_version {data.get('format_version')}, this runtime reads version {version}: "
+            f"{version_fix or fix}"
+        )
+    return data
+
+
 @dataclass
 class Manifest:
     """The contents of export.json."""
@@ -129,18 +147,10 @@ class Manifest:
                 f"{folder} has no {MANIFEST_NAME}: it was not written by `gpt2-export export` "
                 "(re-export the checkpoint into a new folder)"
             )
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ManifestError(f"{path} is not valid JSON ({e}): re-export the checkpoint") from e
-        if data.get("format") != FORMAT:
-            raise ManifestError(f"{path} is not a gpt2-export manifest (format {data.get('format')!r})")
-        version = data.get("format_version")
-        if version != FORMAT_VERSION:
-            raise ManifestError(
-                f"{path} has format_version {version}, this runtime reads version {FORMAT_VERSION}: "
-                "re-export with the same gpt2-export version as the runtime"
-            )
+        data = read_versioned_json(
+            path, "manifest", FORMAT, FORMAT_VERSION, ManifestError, fix="re-export the checkpoint",
+            version_fix="re-export with the same gpt2-export version as the runtime",
+        )
         try:
             return cls(
                 head=data["head"],

@@ -262,6 +262,17 @@ def test_folder_without_manifest(tmp_path):
         runtime.load(tmp_path)
 
 
+@pytest.mark.parametrize("text, message", [
+    ("{oops", "export.json is not valid JSON"),
+    ("[1, 2]", r"is not a gpt2-export manifest \(format 'list'\)"),
+    ('{"format": "gpt2-export", "format_version": 9}', "format_version 9, this runtime reads version 1: re-export"),
+])
+def test_unreadable_manifests_name_the_file_and_the_fix(tmp_path, text, message):
+    (tmp_path / "export.json").write_text(text)
+    with pytest.raises(ManifestError, match=message):
+        runtime.load(tmp_path)
+
+
 def test_corrupt_model_file(exports, tmp_path):
     broken = tmp_path / "broken"
     shutil.copytree(exports["lm"], broken)

@@ -384,6 +384,7 @@ def test_engine_manifest_round_trips(tmp_path):
     (lambda d: d.update(format_version=99), "format_version 99, this runtime reads version 1"),
     (lambda d: d.update(format="other"), "is not a gpt2-export engine manifest"),
     (lambda d: d.pop("profiles"), "lacks or mangles field 'profiles'"),
+    (lambda d: d.clear(), r"is not a gpt2-export engine manifest \(format None\)"),
 ])
 def test_bad_engine_manifests_say_how_to_rebuild(tmp_path, edit, message):
     data = _manifest().to_dict()

@@ -35,6 +35,9 @@ def serve_options(fn: Callable) -> Callable:
                      help="Most prompts in one request."),
         click.option("--drain-timeout", type=click.FloatRange(min=0), default=30.0, show_default=True,
                      help="On SIGTERM, seconds in-flight requests get to finish."),
+        click.option("--keep-alive-timeout", type=click.FloatRange(min=0, min_open=True), default=75.0,
+                     show_default=True, help="Seconds an idle HTTP keep-alive connection stays open; keep it above "
+                     "the idle timeout of the proxy or load balancer in front."),
         click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
                      default="info", show_default=True),
         click.option("--ray", "use_ray", is_flag=True, help="Serve as a Ray Serve deployment (the ray extra)."),
@@ -51,13 +54,14 @@ def serve_options(fn: Callable) -> Callable:
 
 
 def run_serve(folder, host, port, max_batch, max_queue, api_key, model_name, provider, threads, max_body_bytes,
-              max_n, max_prompts, drain_timeout, log_level, use_ray, replicas, ray_address, ray_num_cpus) -> int:
+              max_n, max_prompts, drain_timeout, keep_alive_timeout, log_level, use_ray, replicas, ray_address,
+              ray_num_cpus) -> int:
     """Build the config from the options and serve; returns the exit status. Errors are click messages."""
     try:
         config = ServeConfig(folder=folder, host=host, port=port, max_batch=max_batch, max_queue=max_queue,
                              api_key=ServeConfig.api_key_from_env(api_key), model_name=model_name, provider=provider,
                              threads=threads, max_body_bytes=max_body_bytes, max_n=max_n, max_prompts=max_prompts,
-                             drain_timeout=drain_timeout)
+                             drain_timeout=drain_timeout, keep_alive_timeout=keep_alive_timeout)
         logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
         if use_ray:
             try:

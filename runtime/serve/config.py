@@ -28,6 +28,10 @@ class ServeConfig:
     max_prompts: int = 32  # prompts per request (a list of texts or of token-id lists)
     default_max_tokens: int = 16  # OpenAI's default when a request gives no max_tokens
     drain_timeout: float = 30.0  # SIGTERM: seconds to let in-flight requests finish before cancelling them
+    # Idle keep-alive connections close after this many seconds. Longer than the idle timeouts of common proxies and
+    # load balancers (60 s on AWS ALB) so the client side closes first: a server closing a connection the client is
+    # just reusing makes that request fail with "connection reset" (uvicorn's default of 5 s did, under load).
+    keep_alive_timeout: float = 75.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "folder", Path(self.folder))
@@ -42,6 +46,8 @@ class ServeConfig:
             raise ValueError(f"threads={self.threads} must be >= 1, or unset to use every core")
         if self.drain_timeout < 0:
             raise ValueError(f"drain_timeout={self.drain_timeout} must be >= 0 seconds")
+        if not self.keep_alive_timeout > 0:
+            raise ValueError(f"keep_alive_timeout={self.keep_alive_timeout} must be > 0 seconds")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("the API key is empty: pass a non-empty --api-key, or none to serve without one")
 

@@ -51,7 +51,8 @@ def serve(config: ServeConfig, log_level: str = "info", engine_factory: EngineFa
 
     app = create_app(service, load_on_startup=True, on_load_failure=load_failed)
     uv_config = uvicorn.Config(app, host=config.host, port=config.port, log_level=log_level, lifespan="on",
-                               timeout_graceful_shutdown=math.ceil(config.drain_timeout), access_log=False)
+                               timeout_graceful_shutdown=math.ceil(config.drain_timeout), access_log=False,
+                               timeout_keep_alive=config.keep_alive_timeout)
     server = _Server(uv_config, service)
     print(f"serving {service.name} from {config.folder} on http://{config.host}:{config.port} "
           f"(max_batch {config.max_batch}, max_queue {config.max_queue}, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import textwrap
@@ -146,3 +147,31 @@ def test_replicas_without_ray_is_a_clear_error(serve_exports):
     run = subprocess.run([sys.executable, "-m", "runtime.serve", str(serve_exports["lm-shared"]), "--replicas", "2"],
                          cwd=REPO, capture_output=True, text=True, timeout=60)
     assert run.returncode == 1 and "--replicas needs --ray" in run.stderr
+
+
+def _get_health(sock: socket.socket) -> bytes:
+    """One GET /health on an open connection; the status line."""
+    sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    return sock.recv(65536).split(b"\r\n", 1)[0]
+
+
+def test_an_idle_keep_alive_connection_outlives_uvicorns_5_s_default_and_closes_at_the_set_timeout(serve_exports):
+    # A server that closes a connection as the client reuses it fails that request ("connection reset"): the
+    # load test hit it with uvicorn's 5 s default, so ours is 75 s, and --keep-alive-timeout sets it.
+    default = ServerProcess(serve_exports["lm-shared"], free_port(), "--max-batch", "1")
+    short = ServerProcess(serve_exports["lm-shared"], free_port(), "--max-batch", "1", "--keep-alive-timeout", "0.5")
+    try:
+        default.wait_healthy(), short.wait_healthy()
+        with socket.create_connection(("127.0.0.1", default.port), timeout=10) as kept, \
+                socket.create_connection(("127.0.0.1", short.port), timeout=10) as closed:
+            assert _get_health(kept) == _get_health(closed) == b"HTTP/1.1 200 OK"
+            time.sleep(6)
+            assert _get_health(kept) == b"HTTP/1.1 200 OK"
+            try:
+                reply = _get_health(closed)
+            except ConnectionResetError:
+                reply = b""
+            assert reply == b"", reply  # the short-timeout server closed it
+        assert default.stop() == 0 and short.stop() == 0
+    finally:
+        default.kill(), short.kill()

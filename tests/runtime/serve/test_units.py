@@ -87,3 +87,18 @@ def test_prometheus_text_format():
 
 def test_sse_events_are_one_data_line():
     assert sse_event({"a": "x\ny"}) == b'data: {"a":"x\\ny"}\n\n'
+
+
+@pytest.mark.parametrize(("settings", "message"), [
+    (dict(max_batch=0), "max_batch=0 must be an integer >= 1"),
+    (dict(max_queue=-1), "max_queue=-1 must be an integer >= 0"),
+    (dict(max_batch=True), "max_batch=True must be an integer >= 1"),
+    (dict(port=70000), "port=70000 is not a TCP port"),
+    (dict(threads=0), "threads=0 must be >= 1"),
+    (dict(drain_timeout=-1.0), "drain_timeout=-1.0 must be >= 0 seconds"),
+    (dict(keep_alive_timeout=0.0), "keep_alive_timeout=0.0 must be > 0 seconds"),
+    (dict(api_key="  "), "the API key is empty"),
+])
+def test_a_bad_setting_is_refused_naming_it(settings, message):
+    with pytest.raises(ValueError, match=message):
+        ServeConfig(folder=".", **settings)

@@ -146,7 +146,8 @@ class _Active:
 class BatchEngine:
     """Schedules completion requests over one loaded Model."""
 
-    def __init__(self, model: Model, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = PREFILL_CHUNK):
+    def __init__(self, model: Model, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = PREFILL_CHUNK,
+                 max_length: int | None = None):
         if max_batch < 1 or max_queue < 0 or prefill_chunk < 1:
             raise ValueError(f"max_batch and prefill_chunk must be >= 1 and max_queue >= 0, got {max_batch}, "
                              f"{prefill_chunk} and {max_queue}")
@@ -155,6 +156,13 @@ class BatchEngine:
             raise ValueError(f"serving needs an lm export, not {model.manifest.head!r}: re-export with --head lm")
         self.model = model
         self.shape = model.manifest.shape
+        n_positions = self.shape.n_positions
+        if max_length is not None and not 2 <= max_length <= n_positions:
+            raise ValueError(f"max_length={max_length} must be in [2, n_positions {n_positions}]: the model has "
+                             f"no position embeddings past {n_positions}")
+        # Longest prompt + completion; the batch cache holds max_batch rows of this many positions.
+        self.max_length = max_length or n_positions
+        self._length_name = "n_positions" if max_length is None else "max_model_len"
         self.max_batch, self.max_queue = max_batch, max_queue
         # The batch cache is host memory bound by pointer: on a GPU provider, requests interleave on their own
         # device-resident decoders instead (same tokens, no batching speed-up) until a device batch cache exists.
@@ -223,7 +231,7 @@ class BatchEngine:
     # ---- validation ------------------------------------------------------------------------------
 
     def _validate(self, request: CompletionRequest) -> None:
-        n, vocab, limit = len(request.prompt_ids), self.shape.vocab_size, self.shape.n_positions
+        n, vocab, limit = len(request.prompt_ids), self.shape.vocab_size, self.max_length
         if n == 0:
             raise ValueError("the prompt is empty: give at least one token")
         bad = [t for t in request.prompt_ids if not 0 <= int(t) < vocab]
@@ -236,7 +244,7 @@ class BatchEngine:
         if n + request.max_new_tokens > limit:
             raise ValueError(
                 f"prompt of {n} tokens + max_tokens {request.max_new_tokens} = {n + request.max_new_tokens} "
-                f"exceeds n_positions {limit}: shorten the prompt or lower max_tokens"
+                f"exceeds {self._length_name} {limit}: shorten the prompt or lower max_tokens"
             )
         self._options(request)  # temperature / top_p / top_k checks, with GenerationOptions' messages
 
@@ -351,7 +359,7 @@ class BatchEngine:
                      for k in ("key", "value")]
             dtype = "float16" if self.model.manifest.dtype == "fp16" else "float32"
             self._cache = SharedKVCache(names, [self.shape.n_head] * len(names), self.shape.head_dim,
-                                        self.max_batch, self.shape.n_positions, dtype, "cpu")
+                                        self.max_batch, self.max_length, dtype, "cpu")
             # Fresh pages cost a fault on first write (100-200 ms per joining row measured on a VM): pay once here.
             self._cache.touch()
         return self._cache

@@ -70,7 +70,7 @@ def create_app(service: Service, load_on_startup: bool = False,
 
     async def models(request: Request) -> Response:
         card = {"id": service.name, "object": "model", "created": service.created, "owned_by": "gpt2-export",
-                "root": str(service.config.folder), "max_model_len": service.n_positions}
+                "root": str(service.config.folder), "max_model_len": service.max_model_len}
         if request.path_params.get("model") not in (None, service.name):
             return error_response(APIError(404, f"model {request.path_params['model']!r} does not exist: this "
                                                 f"server serves {service.name!r}", code="model_not_found"))

@@ -21,6 +21,9 @@ def serve_options(fn: Callable) -> Callable:
         click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True),
         click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True,
                      help="Requests decoded together (continuous batching slots)."),
+        click.option("--max-model-len", type=click.IntRange(min=2), default=None,
+                     help="Longest prompt + completion, at most the model's n_positions (default): the batch cache "
+                     "holds --max-batch rows of this many positions."),
         click.option("--max-queue", type=click.IntRange(min=0), default=64, show_default=True,
                      help="Requests waiting for a slot; beyond it, 429 with Retry-After."),
         click.option("--api-key", envvar=API_KEY_ENV, default=None, show_envvar=True,
@@ -53,14 +56,15 @@ def serve_options(fn: Callable) -> Callable:
     return fn
 
 
-def run_serve(folder, host, port, max_batch, max_queue, api_key, model_name, provider, threads, max_body_bytes,
-              max_n, max_prompts, drain_timeout, keep_alive_timeout, log_level, use_ray, replicas, ray_address,
-              ray_num_cpus) -> int:
+def run_serve(folder, host, port, max_batch, max_model_len, max_queue, api_key, model_name, provider, threads,
+              max_body_bytes, max_n, max_prompts, drain_timeout, keep_alive_timeout, log_level, use_ray, replicas,
+              ray_address, ray_num_cpus) -> int:
     """Build the config from the options and serve; returns the exit status. Errors are click messages."""
     try:
-        config = ServeConfig(folder=folder, host=host, port=port, max_batch=max_batch, max_queue=max_queue,
-                             api_key=ServeConfig.api_key_from_env(api_key), model_name=model_name, provider=provider,
-                             threads=threads, max_body_bytes=max_body_bytes, max_n=max_n, max_prompts=max_prompts,
+        config = ServeConfig(folder=folder, host=host, port=port, max_batch=max_batch, max_model_len=max_model_len,
+                             max_queue=max_queue, api_key=ServeConfig.api_key_from_env(api_key),
+                             model_name=model_name, provider=provider, threads=threads,
+                             max_body_bytes=max_body_bytes, max_n=max_n, max_prompts=max_prompts,
                              drain_timeout=drain_timeout, keep_alive_timeout=keep_alive_timeout)
         logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
         if use_ray:

@@ -18,6 +18,9 @@ class ServeConfig:
     host: str = DEFAULT_HOST
     port: int = 8000
     max_batch: int = 8  # requests decoded together (cache slots)
+    # Longest prompt + completion served; None: the model's n_positions. The batch cache holds max_batch rows of
+    # this many positions from start, so a short-context service needs a fraction of the memory.
+    max_model_len: int | None = None
     max_queue: int = 64  # requests waiting for a slot; past it, 429 with Retry-After
     api_key: str | None = None  # every route but /health needs `Authorization: Bearer <api_key>`
     model_name: str | None = None  # the id /v1/models lists and requests may name; default: the folder's name
@@ -42,6 +45,9 @@ class ServeConfig:
                 raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
         if not 0 <= self.port <= 65535:
             raise ValueError(f"port={self.port} is not a TCP port: use 0-65535 (0 picks a free one)")
+        if self.max_model_len is not None and (not isinstance(self.max_model_len, int)
+                                               or isinstance(self.max_model_len, bool) or self.max_model_len < 2):
+            raise ValueError(f"max_model_len={self.max_model_len!r} must be an integer >= 2 (prompt + 1 token)")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads={self.threads} must be >= 1, or unset to use every core")
         if self.drain_timeout < 0:

@@ -30,8 +30,9 @@ log = logging.getLogger("runtime.serve")
 EngineFactory = Callable[[runtime.Model, int, int], BatchEngine]
 
 
-def default_engine(model: runtime.Model, max_batch: int, max_queue: int) -> BatchEngine:
-    return BatchEngine(model, max_batch=max_batch, max_queue=max_queue)
+def default_engine(model: runtime.Model, max_batch: int, max_queue: int, max_length: int | None = None) -> BatchEngine:
+    """The continuous-batching engine (max_length: the service's max_model_len, None for n_positions)."""
+    return BatchEngine(model, max_batch=max_batch, max_queue=max_queue, max_length=max_length)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,12 @@ class Service:
         eos = shape.eos_token_id
         self.eos_ids = tuple(eos if isinstance(eos, list) else ([eos] if eos is not None else []))
         self.vocab_size, self.n_positions = shape.vocab_size, shape.n_positions
+        if config.max_model_len is not None and config.max_model_len > shape.n_positions:
+            raise ValueError(f"--max-model-len {config.max_model_len} exceeds the model's n_positions "
+                             f"{shape.n_positions}: lower it, or leave it unset to serve the full context")
+        # The longest prompt + completion served, and what to call it in errors.
+        self.max_model_len = config.max_model_len or shape.n_positions
+        self._length_name = "n_positions" if config.max_model_len is None else "--max-model-len"
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -78,7 +85,10 @@ class Service:
         started = time.perf_counter()
         try:
             model = runtime.load(self.config.folder, provider=self.config.provider, threads=self.config.threads)
-            engine = self._engine_factory(model, self.config.max_batch, self.config.max_queue)
+            if self._engine_factory is default_engine:
+                engine = default_engine(model, self.config.max_batch, self.config.max_queue, self.config.max_model_len)
+            else:
+                engine = self._engine_factory(model, self.config.max_batch, self.config.max_queue)
             engine.start()
         except Exception as e:
             self.status, self.error = "failed", f"{type(e).__name__}: {e}"
@@ -187,11 +197,12 @@ class Service:
             return None
 
     def _check_length(self, n: int, max_tokens: int, where: str) -> None:
-        if n + max_tokens > self.n_positions:
-            room = self.n_positions - n
-            fix = f"set max_tokens <= {room}" if room >= 1 else f"shorten it below {self.n_positions} tokens"
+        limit = self.max_model_len
+        if n + max_tokens > limit:
+            room = limit - n
+            fix = f"set max_tokens <= {room}" if room >= 1 else f"shorten it below {limit} tokens"
             raise bad("max_tokens", f"{where} of {n} tokens + max_tokens {max_tokens} = {n + max_tokens} exceeds the "
-                                    f"context length n_positions {self.n_positions}: {fix}")
+                                    f"context length {self._length_name} {limit}: {fix}")
 
     def stop_ids(self, params: CompletionParams) -> tuple[int, ...]:
         """Token ids that end a completion: the model's eos (unless ignore_eos) and stop_token_ids."""

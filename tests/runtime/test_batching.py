@@ -197,3 +197,27 @@ def test_an_in_place_export_on_a_gpu_provider_interleaves_instead_of_binding_hos
     assert BatchEngine(model).batched
     monkeypatch.setattr(model.backend, "device", "cuda")  # what provider="cuda" sets; no GPU needed to check
     assert not BatchEngine(model).batched
+
+
+def test_a_max_length_engine_holds_that_many_positions_and_gives_the_same_tokens(model):
+    engine = BatchEngine(model, max_batch=2, max_queue=4, max_length=16)
+    engine.start()
+    try:
+        handles = [engine.submit(CompletionRequest(tuple(p), 16 - len(p))) for p in PROMPTS[:3]]
+        results = [[e.token_id for e in _collect(h) if e.token_id is not None] for h in handles]
+        with pytest.raises(ValueError, match="prompt of 8 tokens \\+ max_tokens 9 = 17 exceeds max_model_len 16"):
+            engine.submit(CompletionRequest(tuple(PROMPTS[2]), 9))
+    finally:
+        engine.shutdown()
+    if engine.batched:
+        assert engine._cache.max_length == 16  # the memory the bound is for
+    for prompt, tokens in zip(PROMPTS[:3], results, strict=True):
+        expected = _alone(model, prompt, max_new_tokens=16 - len(prompt), eos_token_id=None)
+        eos = model.eos_token_id
+        assert tokens == (expected[: expected.index(eos) + 1] if eos in expected else expected)
+
+
+@pytest.mark.parametrize("max_length", [1, 65])
+def test_a_max_length_outside_the_models_positions_is_refused(model, max_length):
+    with pytest.raises(ValueError, match=f"max_length={max_length} must be in \\[2, n_positions 64\\]"):
+        BatchEngine(model, max_length=max_length)

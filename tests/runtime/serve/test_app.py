@@ -266,6 +266,26 @@ def test_oversized_bodies_get_413_whether_or_not_they_declare_a_length(start_ser
     assert post(server.url, {"prompt": [1, 2], "max_tokens": 2}).status_code == 200
 
 
+def test_max_model_len_bounds_prompt_plus_completion_and_the_batch_cache(start_server, serve_exports,
+                                                                         reference_model):
+    server = start_server(serve_exports["lm-shared"], max_batch=2, max_model_len=24)
+    assert httpx.get(f"{server.url}/v1/models").json()["data"][0]["max_model_len"] == 24
+    over = post(server.url, {"prompt": [1] * 20, "max_tokens": 5})
+    assert over.status_code == 400
+    assert ("prompt of 20 tokens + max_tokens 5 = 25 exceeds the context length --max-model-len 24: set "
+            "max_tokens <= 4") in over.json()["error"]["message"]
+    fits = post(server.url, {"prompt": [5, 17, 42], "max_tokens": 21, "temperature": 0, "return_token_ids": True})
+    assert fits.json()["choices"][0]["token_ids"] == alone(reference_model, [5, 17, 42], 21)
+    assert server.service.engine._cache.max_length == 24  # 2 rows x 24 positions, not 2 x n_positions 64
+
+
+def test_a_max_model_len_beyond_n_positions_is_refused_at_start(serve_exports):
+    from runtime.serve import ServeConfig, Service
+
+    with pytest.raises(ValueError, match="--max-model-len 65 exceeds the model's n_positions 64: lower it"):
+        Service(ServeConfig(serve_exports["lm-shared"], max_model_len=65))
+
+
 def test_an_export_without_tokenizer_takes_token_ids_only(start_server, serve_exports, reference_model):
     server = start_server(serve_exports["no-tokenizer"])
     response = post(server.url, {"prompt": "the cat", "max_tokens": 3})

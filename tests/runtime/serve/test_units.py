@@ -92,6 +92,7 @@ def test_sse_events_are_one_data_line():
 @pytest.mark.parametrize(("settings", "message"), [
     (dict(max_batch=0), "max_batch=0 must be an integer >= 1"),
     (dict(max_queue=-1), "max_queue=-1 must be an integer >= 0"),
+    (dict(max_model_len=1), "max_model_len=1 must be an integer >= 2"),
     (dict(max_batch=True), "max_batch=True must be an integer >= 1"),
     (dict(port=70000), "port=70000 is not a TCP port"),
     (dict(threads=0), "threads=0 must be >= 1"),

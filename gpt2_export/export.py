@@ -25,7 +25,7 @@ from runtime.tokenizer import GPT2_RANKS_RESOURCE
 from . import __version__
 from .checkpoints import ReferenceModel, load_reference
 from .contract import dynamic_axes, io_contract
-from .fused import KV_CACHE_LAYOUTS, FusedGraphError, build_fused
+from .fused import KV_CACHE_LAYOUTS, FusedGraphError, build_fused, value_info
 from .graphs import HEAD_CLASSES, graph_for
 from .progress import Reporter, silent, stage
 from .validate import ValidationReport, raise_if_failed, validate
@@ -88,6 +88,11 @@ class ExportOptions:
             raise ExportError(
                 f"--kv-cache {self.kv_cache} / --weights {self.weights} need the fused graph, which covers the "
                 f"{' and '.join(FUSED_HEADS)} heads: drop --plain (or use head lm)"
+            )
+        if self.kv_cache == "shared" and self.head != "lm":
+            raise ExportError(
+                f"--kv-cache shared serves the lm head's decoding loop, not the {self.head} head: "
+                "drop --kv-cache shared (or use head lm)"
             )
         if self.weights != "float" and self.dtype != "fp32":
             raise ExportError(f"--weights {self.weights} quantizes an fp32 graph: use --dtype fp32")
@@ -194,7 +199,25 @@ def trace(model: models.GPT2PreTrainedModel, head: str, path: Path, options: Exp
             do_constant_folding=True,
             dynamo=False,
         )
-    return onnx.load(str(path), load_external_data=True)
+    proto = onnx.load(str(path), load_external_data=True)
+    restore_unused_inputs(proto, contract)
+    return proto
+
+
+def restore_unused_inputs(proto: onnx.ModelProto, contract: IOContract) -> None:
+    """Put back, in contract order, inputs the tracer dropped because nothing reads them.
+
+    Double heads read mc_token_ids only with summary_type "cls_index"; without it the traced graph has no such
+    input and every caller feeding the contract's inputs gets "Invalid input name".
+    """
+    traced = {value.name: value for value in proto.graph.input}
+    if all(spec.name in traced for spec in contract.inputs):
+        return
+    names = set(contract.input_names())
+    inputs = [traced.get(spec.name) or value_info(spec) for spec in contract.inputs]
+    inputs += [value for value in proto.graph.input if value.name not in names]
+    del proto.graph.input[:]
+    proto.graph.input.extend(inputs)
 
 
 def build_graph(reference: models.GPT2PreTrainedModel, options: ExportOptions, onnx_path: Path,

@@ -76,6 +76,9 @@ class FusedGraphBuilder:
         if any(block.attn.num_heads != config.n_head for block in model.base_model.h):
             raise FusedGraphError("pruned heads give layers different head counts, which the fused graph does "
                                   "not take: export with --plain")
+        if kv_cache == "shared" and config.head_dim % 8:
+            raise FusedGraphError(f"GroupQueryAttention (--kv-cache shared) needs a head_dim that is a multiple of 8, "
+                                  f"got {config.head_dim}: use --kv-cache growing")
         self.model, self.config, self.head, self.kv_cache, self.opset = model, config, head, kv_cache, opset
         # Quantized variants read the LM head through MatMul (MatMulNBits / int8 kernels take MatMul only),
         # which needs wte transposed: a second copy, but one that quantization shrinks.
@@ -142,8 +145,8 @@ class FusedGraphBuilder:
         contract = self.contract()
         graph = helper.make_graph(
             self.nodes, f"gpt2-{self.head}-fused-{self.kv_cache}",
-            [_value_info(spec) for spec in contract.inputs] + self.optional_inputs,
-            [_value_info(spec) for spec in contract.outputs],
+            [value_info(spec) for spec in contract.inputs] + self.optional_inputs,
+            [value_info(spec) for spec in contract.outputs],
             self.initializers,
         )
         model = helper.make_model(
@@ -251,7 +254,8 @@ class FusedGraphBuilder:
         return self.node("Slice", [final, start, end, axis], name="lm_head.keep_last")[0]
 
 
-def _value_info(spec: TensorSpec) -> onnx.ValueInfoProto:
+def value_info(spec: TensorSpec) -> onnx.ValueInfoProto:
+    """A graph input or output declared from its contract spec."""
     types = {"int64": TensorProto.INT64, "float32": TensorProto.FLOAT, "float16": TensorProto.FLOAT16}
     return helper.make_tensor_value_info(spec.name, types[spec.dtype], list(spec.shape))
 

@@ -79,17 +79,27 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+# Activations with a learned parameter: name -> its initial value (transformers builds nn.PReLU() for "prelu").
+LEARNED_ACTIVATIONS: dict[str, float] = {"prelu": 0.25}
+
+
 class Activation(nn.Module):
     """An activation looked up by its Hugging Face name."""
 
     def __init__(self, name: str):
         super().__init__()
-        if name not in ACTIVATIONS:
-            raise ValueError(f"activation_function {name!r} is unknown: use one of {', '.join(sorted(ACTIVATIONS))}")
+        if name not in ACTIVATIONS and name not in LEARNED_ACTIVATIONS:
+            names = sorted([*ACTIVATIONS, *LEARNED_ACTIVATIONS])
+            raise ValueError(f"activation_function {name!r} is unknown: use one of {', '.join(names)}")
         self.name = name
-        self.fn = ACTIVATIONS[name]
+        self.fn = ACTIVATIONS.get(name)
+        if name in LEARNED_ACTIVATIONS:
+            # nn.PReLU's slope, under the state-dict name transformers gives it (`mlp.act.weight`).
+            self.weight = nn.Parameter(torch.full((1,), LEARNED_ACTIVATIONS[name]))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fn is None:
+            return F.prelu(x, self.weight)
         return self.fn(x)
 
     def extra_repr(self) -> str:

@@ -105,6 +105,26 @@ def test_external_data_is_used_past_the_protobuf_limit(hf_checkpoints, tmp_path,
 # ---- bad input ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("summary_type", ["first", "mean"])
+def test_double_heads_without_cls_index_keep_mc_token_ids_and_validate(tmp_path, summary_type):
+    from tests.conftest import write_hf_checkpoint
+
+    checkpoint = write_hf_checkpoint(tmp_path / "ckpt", "double-heads", summary_type=summary_type)
+    result = export(checkpoint, tmp_path / "onnx", ExportOptions(head="double-heads"))
+    assert result.validation.passed
+    session = ort.InferenceSession(str(tmp_path / "onnx" / "model.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == result.manifest.io.input_names()
+
+
+@pytest.mark.parametrize("variant", ["fused", "plain"])
+def test_a_model_with_a_short_position_table_validates_within_it(tmp_path, variant):
+    from tests.conftest import write_hf_checkpoint
+
+    checkpoint = write_hf_checkpoint(tmp_path / "ckpt", "lm", n_positions=6)
+    result = export(checkpoint, tmp_path / "onnx", ExportOptions(variant=variant))
+    assert result.validation.passed and result.validation.greedy["steps_equal"] == 1
+
+
 def test_unknown_head_dtype_and_opsets_are_refused():
     with pytest.raises(ExportError, match="unknown head 'causal'"):
         ExportOptions(head="causal")

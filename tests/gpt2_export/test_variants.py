@@ -68,6 +68,7 @@ def test_heads_without_a_fused_graph_export_plain(hf_checkpoints, tmp_path):
     (dict(head="seq-cls", weights="int8"), "need the fused graph"),
     (dict(weights="int4", dtype="fp16"), "quantizes an fp32 graph"),
     (dict(kv_cache="paged"), "unknown kv_cache 'paged'"),
+    (dict(head="base", kv_cache="shared"), "serves the lm head's decoding loop, not the base head"),
     (dict(weights="int2"), "unknown weights 'int2'"),
     (dict(block_size=32), "add --weights int8 or --weights int4"),
     (dict(weights="int4", block_size=48), "power of two >= 16"),
@@ -86,6 +87,15 @@ def test_a_model_the_fused_graph_cannot_express_falls_back_to_plain(tmp_path):
     assert result.manifest.variant == "plain" and result.validation.passed
     with pytest.raises(ExportError, match="activation_function 'silu' has no fused kernel"):
         export(checkpoint, tmp_path / "forced", ExportOptions(variant="fused"))
+
+
+def test_the_in_place_cache_refuses_a_head_dim_groupqueryattention_cannot_take(tmp_path):
+    from tests.conftest import write_hf_checkpoint
+
+    checkpoint = write_hf_checkpoint(tmp_path / "hd9", "lm", n_embd=36, n_head=4)  # head_dim 9
+    with pytest.raises(ExportError, match="needs a head_dim that is a multiple of 8, got 9"):
+        export(checkpoint, tmp_path / "shared", ExportOptions(kv_cache="shared"))
+    assert export(checkpoint, tmp_path / "growing", ExportOptions()).validation.passed
 
 
 def test_fp16_plain_graph_computes_softmax_in_fp32(hf_checkpoints, tmp_path):

@@ -194,10 +194,23 @@ def test_sdpa_and_eager_kernels_give_the_same_numbers():
         "leaky_relu",
         "laplace",
         "relu2",
+        "prelu",
     ],
 )
 def test_each_activation_matches(activation):
     ours, theirs = pair("GPT2LMHeadModel", "sdpa", activation_function=activation)
+    ids = torch.randint(0, 99, (2, 5))
+    with torch.no_grad():
+        assert_close(ours(ids).logits, theirs(ids).logits)
+
+
+def test_prelu_slope_is_a_weight_under_transformers_name():
+    ours, theirs = pair("GPT2LMHeadModel", "sdpa", activation_function="prelu")
+    assert ours.state_dict().keys() == theirs.state_dict().keys()
+    with torch.no_grad():
+        for block in theirs.transformer.h:
+            block.mlp.act.weight.fill_(-0.3)
+    ours.load_state_dict(theirs.state_dict())
     ids = torch.randint(0, 99, (2, 5))
     with torch.no_grad():
         assert_close(ours(ids).logits, theirs(ids).logits)

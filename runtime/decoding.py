@@ -176,6 +176,8 @@ class GenerationOptions:
                 "do_sample=False) would return identical copies: set do_sample=True or num_beams >= "
                 f"{self.num_return_sequences}"
             )
+        if isinstance(self.eos_token_id, np.ndarray):  # as transformers takes a tensor of ids
+            object.__setattr__(self, "eos_token_id", self.eos_token_id.tolist())  # 0-d: one int
         if isinstance(self.eos_token_id, (list, tuple)):
             if not self.eos_token_id:
                 raise ValueError(f"eos_token_id={self.eos_token_id!r} names no token: use None for the model's eos id")

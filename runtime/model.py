@@ -73,8 +73,8 @@ class Model:
     # ---- input checks ----------------------------------------------------------------------------
 
     def _check_ids(self, input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray | None]:
-        ids = np.asarray(input_ids)
-        if ids.dtype.kind not in "iu":
+        ids = _as_array(input_ids, "input_ids")
+        if ids.size and ids.dtype.kind not in "iu":  # an empty list is float64: reported as empty below
             raise ValueError(f"input_ids must hold integer token ids, got dtype {ids.dtype}: pass int64 ids")
         if ids.ndim == 1:
             ids = ids[None, :]
@@ -88,7 +88,7 @@ class Model:
             raise ValueError(f"token id {bad} is out of range for vocab_size {vocab}: ids must be in [0, {vocab})")
         if attention_mask is None:
             return ids.astype(np.int64), None  # generate() infers it from pad_token_id, as transformers does
-        mask = np.asarray(attention_mask)
+        mask = _as_array(attention_mask, "attention_mask")
         if mask.ndim == 1:
             mask = mask[None, :]
         if mask.shape != ids.shape:
@@ -127,12 +127,26 @@ class Model:
             )
         rows = ids.shape[0] * max(opts.num_beams, opts.num_return_sequences)
         decoder = self.backend.decoder(rows, ids.shape[1] + opts.max_new_tokens)
+        # The configured pad only (not the pad_token_id property): without one, generate() pads with the first eos
+        # id of this call, an eos_token_id option included, as transformers does. opts override both.
+        return generate(
+            decoder, ids, mask, opts, eos_token_id=self.eos_token_id, pad_token_id=self.manifest.shape.pad_token_id,
+            on_tokens=on_tokens,
+        )
+
+    def _stops(self, opts: GenerationOptions) -> set[int]:
+        """The eos ids that end this call's continuations: the eos_token_id option, else the model's."""
         eos = opts.eos_token_id if opts.eos_token_id is not None else self.eos_token_id
-        pad = opts.pad_token_id if opts.pad_token_id is not None else self.pad_token_id
-        return generate(decoder, ids, mask, opts, eos_token_id=eos, pad_token_id=pad, on_tokens=on_tokens)
+        return set(eos if isinstance(eos, (list, tuple)) else [eos]) if eos is not None else set()
 
     def _encode_batch(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Left-padded ids and mask, as a decoder-only model wants its batch."""
+        for prompt in prompts:
+            if not isinstance(prompt, str):
+                raise TypeError(
+                    f"prompts must be str, got {type(prompt).__name__} {prompt!r:.60}: pass text, or pass token ids "
+                    "to generate()"
+                )
         encoded = [self.tokenizer.encode(p) for p in prompts]
         for prompt, ids in zip(prompts, encoded, strict=True):
             if not ids:
@@ -146,9 +160,15 @@ class Model:
             mask[row, width - len(tokens) :] = 1
         return ids, mask
 
-    def _completion(self, tokens: np.ndarray) -> str:
-        eos = self.eos_token_id
-        stops = set(eos if isinstance(eos, list) else [eos]) if eos is not None else set()
+    def _check_fits(self, ids: np.ndarray, what: str) -> None:
+        """Encoded texts (B, T) must fit the position table: a clear error instead of onnxruntime's Gather one."""
+        limit = self.manifest.shape.n_positions
+        if ids.shape[-1] > limit:
+            raise ValueError(
+                f"{what} of {ids.shape[-1]} tokens exceeds n_positions {limit}: shorten it to {limit} tokens or fewer"
+            )
+
+    def _completion(self, tokens: np.ndarray, stops: set[int]) -> str:
         kept = []
         for token in tokens.tolist():
             if token in stops:
@@ -158,24 +178,25 @@ class Model:
 
     def generate_text(self, prompt: str | list[str], **options) -> str | list[str]:
         """Continuations of one prompt (str) or several (list, batched with left padding), up to the first eos."""
-        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        if not prompts:
-            raise ValueError("no prompts given: pass a string or a non-empty list of strings")
+        prompts = _texts(prompt, "prompt")
         ids, mask = self._encode_batch(prompts)
         sequences = self.generate(ids, mask, **options)
-        texts = [self._completion(row[ids.shape[1] :]) for row in sequences]
+        stops = self._stops(self._options(options))
+        texts = [self._completion(row[ids.shape[1] :], stops) for row in sequences]
         return texts[0] if isinstance(prompt, str) and len(texts) == 1 else texts
 
     def stream(self, prompt: str, **options) -> Iterator[str]:
         """Yield the continuation of one prompt piece by piece as tokens are decoded (never a broken character)."""
         opts = self._options(options)
-        if opts.num_beams > 1:
-            raise ValueError("stream() decodes one hypothesis at a time: use num_beams=1, or generate_text()")
+        if opts.num_beams > 1 or opts.num_return_sequences > 1:
+            raise ValueError(
+                "stream() decodes one hypothesis at a time: use num_beams=1 and num_return_sequences=1, "
+                "or generate_text()"
+            )
         ids, mask = self._encode_batch([prompt])
         pieces: queue.Queue = queue.Queue()
         done = object()
-        eos = opts.eos_token_id if opts.eos_token_id is not None else self.eos_token_id
-        stops = set(eos if isinstance(eos, (list, tuple)) else [eos]) if eos is not None else set()
+        stops = self._stops(opts)
 
         def run() -> None:
             try:
@@ -222,8 +243,8 @@ class Model:
     def classify(self, texts: str | list[str]) -> Classification:
         """Sequence-classification exports: label probabilities per text (softmax, or sigmoid for multi-label)."""
         self._require_head(("seq-cls",), "classify()")
-        batch = [texts] if isinstance(texts, str) else list(texts)
-        ids, mask = self._encode_batch(batch)
+        ids, mask = self._encode_batch(_texts(texts, "text"))
+        self._check_fits(ids, "a text")
         positions = np.where(mask == 0, 1, np.cumsum(mask, -1) - 1)
         logits = self.forward({"input_ids": ids, "attention_mask": mask, "position_ids": positions})["logits"]
         logits = logits.astype(np.float32)  # (B, num_labels)
@@ -239,9 +260,11 @@ class Model:
     def score_choices(self, context: str, choices: list[str]) -> np.ndarray:
         """Double-heads exports: one multiple-choice logit per choice of `context + choice`."""
         self._require_head(("double-heads",), "score_choices()")
-        if not choices:
-            raise ValueError("no choices given: pass at least one")
+        if not isinstance(context, str):
+            raise TypeError(f"context must be str, got {type(context).__name__}")
+        choices = _texts(choices, "choice", single=False)
         ids, mask = self._encode_batch([context + choice for choice in choices])  # (C, T) left padded
+        self._check_fits(ids, "context + choice")
         positions = np.where(mask == 0, 1, np.cumsum(mask, -1) - 1)
         c, t = ids.shape
         feeds = {
@@ -251,6 +274,32 @@ class Model:
             "mc_token_ids": np.full((1, c), t - 1, dtype=np.int64),
         }
         return self.forward(feeds)["mc_logits"][0].astype(np.float32)  # (C,)
+
+
+def _as_array(value, name: str) -> np.ndarray:
+    """np.asarray, with rows of different lengths reported by name instead of numpy's inhomogeneous-shape error."""
+    try:
+        return np.asarray(value)
+    except ValueError as e:
+        raise ValueError(
+            f"{name} rows have different lengths: pad every prompt on the left to one length and pass an "
+            "attention_mask with 0 on the padding"
+        ) from e
+
+
+def _texts(value, name: str, single: bool = True) -> list[str]:
+    """A str (if single) or a non-empty list / tuple of them, as a list; TypeError / ValueError naming the problem."""
+    if single and isinstance(value, str):
+        return [value]
+    if not isinstance(value, (list, tuple)):
+        kinds = "a string or a list of strings" if single else "a list of strings"
+        raise TypeError(f"{name}s must be {kinds}, got {type(value).__name__}")
+    if not value:
+        raise ValueError(f"no {name}s given: pass a non-empty list of strings")
+    for item in value:
+        if not isinstance(item, str):
+            raise TypeError(f"each {name} must be str, got {type(item).__name__} {item!r:.60}")
+    return list(value)
 
 
 def load(folder: str | Path, provider: str = "cpu", threads: int | None = None) -> Model:

@@ -551,6 +551,8 @@ def test_valid_edge_options_are_accepted() -> None:
     GenerationOptions(temperature=0.0)  # ignored without sampling, as transformers does
     GenerationOptions(top_p=1.0, top_k=None, num_beams=4, num_return_sequences=4, do_sample=True)
     assert GenerationOptions(eos_token_id=[5, 6]).eos_token_id == (5, 6)
+    assert GenerationOptions(eos_token_id=np.array([5, 6])).eos_token_id == (5, 6)
+    assert GenerationOptions(eos_token_id=np.array(5)).eos_token_id == 5
 
 
 def test_with_overrides_validates_and_rejects_unknown_names() -> None:

@@ -76,10 +76,26 @@ def test_greedy_equals_transformers_with_eos_inside_the_generation(lm, hf_lm):
     ids, mask = _batch()
     free = lm.generate(ids, mask, max_new_tokens=10)
     eos = int(free[1, 8])  # a token greedy produces mid-way for row 1
-    ours = lm.generate(ids, mask, max_new_tokens=10, eos_token_id=eos)
+    ours = lm.generate(ids, mask, max_new_tokens=10, eos_token_id=eos, pad_token_id=316)
     theirs = _hf_generate(hf_lm, ids, mask, max_new_tokens=10, do_sample=False, eos_token_id=eos)
     np.testing.assert_array_equal(ours, theirs)
     assert (ours[1, 9:] == 316).all()  # finished rows are padded
+
+
+@pytest.mark.parametrize("with_mask", [True, False])
+def test_eos_option_without_a_pad_id_pads_with_that_eos_as_transformers(lm, hf_lm, with_mask):
+    # No pad id anywhere: transformers pads ended rows with the first eos id of this call (the option, not the
+    # config's eos), and infers no mask when that pad is an eos id.
+    ids, mask = _batch()
+    eos = int(lm.generate(ids, mask, max_new_tokens=10)[1, 8])
+    mask = mask if with_mask else None
+    ours = lm.generate(ids, mask, max_new_tokens=10, eos_token_id=eos)
+    with torch.no_grad():
+        theirs = hf_lm.generate(
+            torch.from_numpy(ids), attention_mask=None if mask is None else torch.from_numpy(mask),
+            max_new_tokens=10, do_sample=False, eos_token_id=eos,
+        ).numpy()
+    np.testing.assert_array_equal(ours, theirs)
 
 
 @pytest.mark.parametrize(
@@ -135,6 +151,16 @@ def test_streaming_text_equals_the_full_decode(lm):
     pieces = list(lm.stream(prompt, max_new_tokens=16))
     assert len(pieces) > 1
     assert "".join(pieces) == lm.generate_text(prompt, max_new_tokens=16)
+
+
+def test_generate_text_ends_at_the_eos_option_like_stream(lm):
+    prompts = ["the dog sat", "héllo wörld, café and the dog"]
+    ids = lm.tokenizer.encode(prompts[0])
+    tokens = lm.generate(np.array([ids]), max_new_tokens=8)[0, len(ids) :].tolist()
+    eos = tokens[1]  # ends the first prompt's continuation after one token; the other row runs on, padded
+    texts = lm.generate_text(prompts, max_new_tokens=8, eos_token_id=eos, pad_token_id=65)
+    assert texts[0] == lm.tokenizer.decode(tokens[: tokens.index(eos)])
+    assert texts[0] == "".join(lm.stream(prompts[0], max_new_tokens=8, eos_token_id=eos, pad_token_id=65))
 
 
 def test_generate_text_batches_prompts_like_single_calls(lm):
@@ -221,6 +247,8 @@ def test_prompt_plus_new_tokens_beyond_n_positions_names_both(lm):
         (np.array([[1, -2]]), "token id -2 is out of range"),
         (np.array([[1.0, 2.0]]), "integer token ids, got dtype float64"),
         (np.ones((1, 2, 3), dtype=np.int64), "expected \\(batch, sequence\\)"),
+        ([], "the prompt is empty"),
+        ([[1, 2], [3]], "input_ids rows have different lengths: pad every prompt on the left"),
     ],
 )
 def test_bad_input_ids(lm, ids, message):
@@ -250,6 +278,26 @@ def test_bad_attention_masks(lm):
 def test_invalid_options(lm, options, message):
     with pytest.raises(ValueError, match=message):
         lm.generate(np.array([[1, 2]]), **options)
+
+
+def test_text_methods_name_bad_arguments(exports):
+    lm = runtime.load(exports["lm"])
+    with pytest.raises(TypeError, match="prompts must be a string or a list of strings, got int"):
+        lm.generate_text(5)
+    with pytest.raises(TypeError, match="each prompt must be str, got int"):
+        lm.generate_text(["the cat", 5])
+    with pytest.raises(ValueError, match="num_return_sequences=1"):
+        next(lm.stream("the cat", do_sample=True, num_return_sequences=2))
+    classifier = runtime.load(exports["seq-cls"])
+    with pytest.raises(ValueError, match="no texts given"):
+        classifier.classify([])
+    with pytest.raises(ValueError, match="a text of 121 tokens exceeds n_positions 64"):
+        classifier.classify(["the cat", "the cat " * 40])
+    scorer = runtime.load(exports["double-heads"])
+    with pytest.raises(TypeError, match="choices must be a list of strings, got str"):
+        scorer.score_choices("the cat", " sat")  # not three one-letter choices
+    with pytest.raises(ValueError, match="context \\+ choice of 122 tokens exceeds n_positions 64"):
+        scorer.score_choices("the cat " * 40, [" sat"])
 
 
 def test_unknown_option_lists_the_valid_ones(lm):

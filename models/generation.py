@@ -19,6 +19,9 @@ transformers behaviours kept on purpose, so this stays a second oracle (each sur
   the worst finished one (a heuristic); "never" scores that beam at max length when length_penalty > 0.
 - Beam search pads short outputs with pad_token_id, except pad_token_id 0, which is falsy in
   `pad or eos[0]` and pads with the first eos id.
+Lengths count as transformers counts them: max_length includes the prompt, max_new_tokens wins when both are
+given, and with neither a call adds 20 tokens. An eos id past the vocabulary never ends a row (small test configs
+keep GPT-2's eos 50256) instead of being refused.
 Deliberate differences: bad options and inputs raise ValueError up front where transformers warns
 (right padding, prompt + max_new_tokens beyond n_positions, min_new_tokens > max_new_tokens), and
 `seed` draws from a private torch.Generator (seed=None uses the global RNG, as transformers does).
@@ -42,6 +45,7 @@ from .validation import check_token_ids
 # A logits processor: (input_ids (N, T), scores (N, V)) -> scores (N, V).
 Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NEG = -1.0e9  # transformers' "impossible" beam score
+DEFAULT_MAX_NEW_TOKENS = 20  # transformers' max_length 20, which it counts from the prompt's end when left unset
 
 
 class _Default(enum.Enum):
@@ -58,7 +62,8 @@ FROM_MODEL = _Default.FROM_MODEL  # eos / pad default: read from the model's con
 class GenerationConfig:
     """Decoding options, validated on construction; transformers' names and defaults."""
 
-    max_new_tokens: int = 20
+    max_new_tokens: int | None = None  # None: max_length - prompt length if max_length is set, else 20
+    max_length: int | None = None  # prompt + new tokens; max_new_tokens wins when both are set (transformers)
     min_new_tokens: int = 0  # eos is blocked until this many tokens are new
     do_sample: bool = False
     temperature: float = 1.0  # sampling only
@@ -75,11 +80,17 @@ class GenerationConfig:
     seed: int | None = None  # sampling: private generator; None draws from torch's global RNG
 
     def __post_init__(self) -> None:
-        _check_int("max_new_tokens", self.max_new_tokens, 1, "ask for at least one new token")
+        if self.max_new_tokens is not None:
+            _check_int("max_new_tokens", self.max_new_tokens, 1, "ask for at least one new token")
+        if self.max_length is not None:
+            _check_int("max_length", self.max_length, 1, "it counts the prompt too; or set max_new_tokens")
         _check_int("min_new_tokens", self.min_new_tokens, 0, "use 0 to allow eos right away")
-        if self.min_new_tokens > self.max_new_tokens:
+        # Known here unless max_length sets it from the prompt's length (then resolve_length checks it again).
+        max_new = self.max_new_tokens if self.max_new_tokens is not None or self.max_length is not None \
+            else DEFAULT_MAX_NEW_TOKENS
+        if max_new is not None and self.min_new_tokens > max_new:
             raise ValueError(
-                f"min_new_tokens={self.min_new_tokens} exceeds max_new_tokens={self.max_new_tokens}: "
+                f"min_new_tokens={self.min_new_tokens} exceeds max_new_tokens={max_new}: "
                 f"raise max_new_tokens to at least {self.min_new_tokens} or lower min_new_tokens"
             )
         if not isinstance(self.do_sample, bool):
@@ -145,7 +156,7 @@ def _check_int(name: str, value: object, minimum: int, fix: str) -> None:
         raise ValueError(f"{name}={value!r} must be an integer >= {minimum}: {fix}")
 
 
-_HINTS = {"max_length": "max_new_tokens counts new tokens only", "min_length": "use min_new_tokens"}
+_HINTS = {"min_length": "use min_new_tokens"}
 
 
 def with_options(config: GenerationConfig, options: dict[str, object]) -> GenerationConfig:
@@ -158,6 +169,22 @@ def with_options(config: GenerationConfig, options: dict[str, object]) -> Genera
             f"unknown generation option(s) {', '.join(unknown)}{hints}; valid options: {', '.join(names)}"
         )
     return dataclasses.replace(config, **options)
+
+
+def resolve_length(config: GenerationConfig, prompt_len: int) -> GenerationConfig:
+    """config with max_new_tokens set from max_new_tokens, max_length or the default, as transformers does."""
+    if config.max_new_tokens is not None:
+        new = config.max_new_tokens
+    elif config.max_length is not None:
+        new = config.max_length - prompt_len
+        if new < 1:
+            raise ValueError(
+                f"input_ids has {prompt_len} tokens but max_length={config.max_length}, which counts the prompt: "
+                f"raise max_length above {prompt_len}, or set max_new_tokens (new tokens only)"
+            )
+    else:
+        new = DEFAULT_MAX_NEW_TOKENS
+    return dataclasses.replace(config, max_new_tokens=new, max_length=None)
 
 
 # ---- logits processors: pure functions, numerically transformers' classes ---------------------------
@@ -426,12 +453,14 @@ def _special_tokens(config: GenerationConfig, model_config) -> tuple[list[int] |
     eos = list(eos) if eos else None
     if pad is None and eos is not None:
         pad = eos[0]
-    for name, token in [*(("eos_token_id", t) for t in eos or []), ("pad_token_id", pad)]:
-        if token is not None and not 0 <= token < vocab_size:
-            raise ValueError(
-                f"{name} {token} is out of range for vocab_size {vocab_size}: "
-                f"pass {name} in [0, {vocab_size})"
-            )
+    # An eos id past the vocabulary can never be generated, so it never ends a row (transformers runs too: a
+    # small test config keeps GPT-2's eos 50256). pad is fed back for finished rows, so it must be a real token
+    # as soon as some eos id can finish a row.
+    if pad is not None and not 0 <= pad < vocab_size and any(0 <= t < vocab_size for t in eos or []):
+        raise ValueError(
+            f"pad_token_id {pad} is out of range for vocab_size {vocab_size}: rows that end on an eos id are fed "
+            f"it afterwards; pass pad_token_id in [0, {vocab_size})"
+        )
     return eos, pad
 
 
@@ -451,17 +480,6 @@ def _check_inputs(
             f"(GPT-2 starts unconditional text from bos_token_id {model_config.bos_token_id})"
         )
     check_token_ids("input_ids", input_ids, model_config.vocab_size, "vocab_size")
-    total, limit = prompt_len + config.max_new_tokens, model_config.n_positions
-    if total > limit:
-        fix = (
-            f"lower max_new_tokens to {limit - prompt_len} or shorten the prompt"
-            if prompt_len < limit
-            else f"shorten the prompt to fewer than {limit} tokens"
-        )
-        raise ValueError(
-            f"prompt of {prompt_len} tokens + max_new_tokens {config.max_new_tokens} = {total} "
-            f"exceeds n_positions {limit}: {fix}"
-        )
     if attention_mask is None:
         return
     if tuple(attention_mask.shape) != (batch, prompt_len):
@@ -474,6 +492,21 @@ def _check_inputs(
         raise ValueError(
             f"attention_mask ends in 0 for rows {right_padded}: pad prompts on the left "
             "(tokenizer padding_side='left') so every row's last token is real"
+        )
+
+
+def _check_length(model_config, config: GenerationConfig, prompt_len: int) -> None:
+    """Prompt + max_new_tokens (resolved) must fit the position table."""
+    total, limit = prompt_len + config.max_new_tokens, model_config.n_positions
+    if total > limit:
+        fix = (
+            f"lower max_new_tokens to {limit - prompt_len} or shorten the prompt"
+            if prompt_len < limit
+            else f"shorten the prompt to fewer than {limit} tokens"
+        )
+        raise ValueError(
+            f"prompt of {prompt_len} tokens + max_new_tokens {config.max_new_tokens} = {total} "
+            f"exceeds n_positions {limit}: {fix}"
         )
 
 
@@ -515,6 +548,8 @@ class GenerationMixin:
         model_config = self.config
         eos, pad = _special_tokens(config, model_config)
         _check_inputs(model_config, config, input_ids, attention_mask)
+        config = resolve_length(config, input_ids.shape[1])
+        _check_length(model_config, config, input_ids.shape[1])
         device = self.device
         input_ids = input_ids.to(device)
         if attention_mask is None:

@@ -370,10 +370,10 @@ def test_the_config_is_frozen_and_options_override_it_without_changing_it(lm, ba
 def test_unknown_options_raise_listing_the_valid_names(lm, batch):
     with pytest.raises(
         TypeError,
-        match=r"unknown generation option\(s\) max_length \(max_length: max_new_tokens.*"
-        r"valid options: max_new_tokens, min_new_tokens, do_sample",
+        match=r"unknown generation option\(s\) min_length \(min_length: use min_new_tokens\).*"
+        r"valid options: max_new_tokens, max_length, min_new_tokens, do_sample",
     ):
-        lm[0].generate(*batch, max_length=30)
+        lm[0].generate(*batch, min_length=30)
     with pytest.raises(
         TypeError, match=r"generation_config must be a models.generation.GenerationConfig, got dict"
     ):
@@ -420,11 +420,17 @@ BAD_INPUTS = {
         {},
         r"attention_mask ends in 0 for rows \[1, 2\]: pad prompts on the left",
     ),
-    "eos out of range": (
+    "pad out of range while an eos id can end a row": (
         _long(1, 4),
         None,
-        dict(eos_token_id=150),
-        r"eos_token_id 150 is out of range for vocab_size 99",
+        dict(eos_token_id=[150, 5], pad_token_id=None),
+        r"pad_token_id 150 is out of range for vocab_size 99: rows that end on an eos id are fed it",
+    ),
+    "max_length within the prompt": (
+        _long(2, 6),
+        None,
+        dict(max_length=6),
+        r"input_ids has 6 tokens but max_length=6, which counts the prompt: raise max_length above 6",
     ),
     "pad out of range": (
         _long(1, 4),
@@ -444,3 +450,24 @@ def test_bad_inputs_raise_naming_the_numbers(lm, ids, mask, options, message):
 def test_a_prompt_that_exactly_fills_the_position_table_is_accepted(lm):
     out = lm[0].generate(torch.ones(1, 60, dtype=torch.long), max_new_tokens=4, eos_token_id=None)
     assert out.shape == (1, 64)
+
+
+# ---- lengths and special tokens as transformers counts them -----------------------------------------------
+
+
+@pytest.mark.parametrize("options", [dict(), dict(max_length=11), dict(max_length=11, max_new_tokens=3),
+                                     dict(max_length=11, num_beams=3), dict(max_new_tokens=5, num_beams=2)],
+                         ids=["default 20 new", "max_length", "max_new_tokens wins", "max_length beams", "beams"])
+def test_max_length_counts_the_prompt_and_max_new_tokens_wins_as_in_transformers(lm, batch, options):
+    ours, theirs = both(lm, *batch, **options)
+    assert_same_tokens(ours, theirs)
+
+
+def test_an_eos_id_past_a_small_vocabulary_never_stops_generation_as_in_transformers():
+    # A tiny test config that keeps GPT-2's default eos 50256 (vocab 99): transformers generates; so must we.
+    lm = pair("GPT2LMHeadModel", "sdpa", n_positions=64, n_layer=2, initializer_range=0.5)
+    ids, mask = torch.randint(0, 99, (2, 5), generator=torch.Generator().manual_seed(3)), None
+    for options in (dict(max_new_tokens=6), dict(max_new_tokens=6, num_beams=2), dict(max_length=9),
+                    dict(max_new_tokens=6, min_new_tokens=2)):
+        ours, theirs = both(lm, ids, mask, **options)
+        assert_same_tokens(ours, theirs)

@@ -59,6 +59,9 @@ def genai_unsupported(manifest: Manifest) -> str | None:
             f"the model has pruned heads ({list(manifest.shape.num_heads_per_layer)} per layer): onnxruntime-genai's "
             "decoder allocates the same number of heads in every layer"
         )
+    eos = manifest.shape.eos_token_id
+    if (eos[0] if isinstance(eos, list) and eos else eos) is None:
+        return "the model has no eos_token_id, which onnxruntime-genai needs to stop generating"
     names = set(manifest.io.input_names()) | set(manifest.io.output_names())
     missing = [n for n in (*DECODER_INPUTS.values(), *DECODER_OUTPUTS.values()) if "%d" not in n and n not in names]
     if missing:

@@ -44,8 +44,10 @@ a beam or a top-p boundary can only flip between candidates that close.
 
 Deliberate differences from transformers, each an error where transformers warns or misbehaves: right-padded
 prompts, NaN or +inf logits from the backend, min_new_tokens > max_new_tokens, and token ids outside the
-vocabulary raise ValueError. Sampling uses `np.random.default_rng(seed)`: the exponential race
-argmax(p / Exp(1)), and for beam sampling its top K, the same without-replacement scheme torch.multinomial uses.
+vocabulary raise ValueError (an eos id past it is allowed: it never ends a row, as in transformers). max_length
+counts the prompt and max_new_tokens wins over it, as in transformers. Sampling uses
+`np.random.default_rng(seed)`: the exponential race argmax(p / Exp(1)), and for beam sampling its top K, the same
+without-replacement scheme torch.multinomial uses.
 """
 
 from __future__ import annotations
@@ -106,7 +108,8 @@ class GenerationOptions:
     eos_token_id / pad_token_id, when not None, override the model's ids passed to `generate`.
     """
 
-    max_new_tokens: int = 20
+    max_new_tokens: int | None = None  # None: max_length - prompt length if max_length is set, else 20
+    max_length: int | None = None  # prompt + new tokens; max_new_tokens wins when both are set (transformers)
     min_new_tokens: int = 0  # eos is blocked until this many tokens are new
     do_sample: bool = False
     temperature: float = 1.0  # sampling only; must be > 0 then
@@ -123,11 +126,17 @@ class GenerationOptions:
     seed: int | None = None  # sampling: None draws fresh OS entropy
 
     def __post_init__(self) -> None:
-        _check_int("max_new_tokens", self.max_new_tokens, 1, "ask for at least one new token")
+        if self.max_new_tokens is not None:
+            _check_int("max_new_tokens", self.max_new_tokens, 1, "ask for at least one new token")
+        if self.max_length is not None:
+            _check_int("max_length", self.max_length, 1, "it counts the prompt too; or set max_new_tokens")
         _check_int("min_new_tokens", self.min_new_tokens, 0, "use 0 to allow eos right away")
-        if self.min_new_tokens > self.max_new_tokens:
+        # Known here unless max_length sets it from the prompt's length (resolved() checks it again then).
+        max_new = self.max_new_tokens if self.max_new_tokens is not None or self.max_length is not None \
+            else DEFAULT_MAX_NEW_TOKENS
+        if max_new is not None and self.min_new_tokens > max_new:
             raise ValueError(
-                f"min_new_tokens={self.min_new_tokens} exceeds max_new_tokens={self.max_new_tokens}: "
+                f"min_new_tokens={self.min_new_tokens} exceeds max_new_tokens={max_new}: "
                 f"raise max_new_tokens to at least {self.min_new_tokens} or lower min_new_tokens"
             )
         if not isinstance(self.do_sample, bool):
@@ -202,8 +211,24 @@ class GenerationOptions:
             )
         return dataclasses.replace(self, **overrides)
 
+    def resolved(self, prompt_len: int) -> GenerationOptions:
+        """A copy with max_new_tokens set from max_new_tokens, max_length or the default, as transformers does."""
+        if self.max_new_tokens is not None:
+            new = self.max_new_tokens
+        elif self.max_length is not None:
+            new = self.max_length - prompt_len
+            if new < 1:
+                raise ValueError(
+                    f"input_ids has {prompt_len} tokens but max_length={self.max_length}, which counts the prompt: "
+                    f"raise max_length above {prompt_len}, or set max_new_tokens (new tokens only)"
+                )
+        else:
+            new = DEFAULT_MAX_NEW_TOKENS
+        return dataclasses.replace(self, max_new_tokens=new, max_length=None)
 
-_HINTS = {"max_length": "max_new_tokens counts new tokens only", "min_length": "use min_new_tokens"}
+
+_HINTS = {"min_length": "use min_new_tokens"}
+DEFAULT_MAX_NEW_TOKENS = 20  # transformers' max_length 20, which it counts from the prompt's end when left unset
 
 
 def _is_number(value: object) -> bool:
@@ -460,14 +485,19 @@ def _check_prompt(input_ids: np.ndarray, attention_mask: np.ndarray | None) -> t
 
 
 def _check_vocab(vocab: int, input_ids: np.ndarray, eos: np.ndarray | None, pad: int | None) -> None:
-    """Token ids must index the logits the decoder returned."""
+    """Token ids must index the logits the decoder returned.
+
+    An eos id past the vocabulary is never generated, so it never ends a row (transformers runs too: small test
+    configs keep GPT-2's eos 50256). pad is fed back for ended rows, so it must be real once an eos id can end one.
+    """
     named = [("input_ids", int(input_ids.max()))]
-    named += [("eos_token_id", int(t)) for t in (eos if eos is not None else ())]
-    named += [("pad_token_id", pad)] if pad is not None else []
+    if pad is not None and eos is not None and (eos < vocab).any():
+        named.append(("pad_token_id", pad))
     for name, token in named:
         if token >= vocab:
+            fed = ": rows that end on an eos id are fed it afterwards;" if name == "pad_token_id" else ":"
             raise ValueError(
-                f"{name} {token} is out of range for vocab_size {vocab} (the decoder's logits width): "
+                f"{name} {token} is out of range for vocab_size {vocab} (the decoder's logits width){fed} "
                 f"use token ids in [0, {vocab})"
             )
 
@@ -684,6 +714,7 @@ def generate(
     if not isinstance(options, GenerationOptions):
         raise TypeError(f"options must be a runtime.decoding.GenerationOptions, got {type(options).__name__}")
     input_ids, attention_mask = _check_prompt(input_ids, attention_mask)
+    options = options.resolved(input_ids.shape[1])
     eos = _as_eos(options.eos_token_id if options.eos_token_id is not None else eos_token_id)
     pad = options.pad_token_id if options.pad_token_id is not None else pad_token_id
     if pad is not None:

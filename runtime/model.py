@@ -117,7 +117,7 @@ class Model:
         """Full sequences, prompt included: (batch * num_return_sequences, prompt + new), as transformers returns."""
         self._require_head(GENERATING_HEADS, "generate()")
         ids, mask = self._check_ids(input_ids, attention_mask)
-        opts = self._options(options)
+        opts = self._options(options).resolved(ids.shape[1])
         limit = self.manifest.shape.n_positions
         if ids.shape[1] + opts.max_new_tokens > limit:
             raise ValueError(

@@ -171,3 +171,22 @@ def test_the_manifest_records_the_validation_report(hf_checkpoints, tmp_path):
     assert data["format"] == "gpt2-export" and data["format_version"] == 1
     assert data["validation"]["atol"] == 1e-4
     assert all(check["max_abs_diff"] < 1e-4 for check in data["validation"]["checks"])
+
+
+def test_a_checkpoint_without_eos_exports_without_a_genai_config_and_generates_like_transformers(tmp_path):
+    import torch
+    import transformers
+
+    import runtime
+    from tests.conftest import write_hf_checkpoint
+
+    checkpoint = write_hf_checkpoint(tmp_path / "ckpt", "lm", eos_token_id=None, bos_token_id=None)
+    notes: list[str] = []
+    export(checkpoint, tmp_path / "out", ExportOptions(head="lm"), report=notes.append)
+    assert not (tmp_path / "out" / "genai_config.json").exists()
+    assert any("no genai_config.json (the model has no eos_token_id" in note for note in notes), notes
+    ids = np.array([[5, 17, 42, 8], [80, 81, 82, 83]])
+    ours = runtime.load(tmp_path / "out").generate(ids, np.ones_like(ids), max_new_tokens=6)
+    hf = transformers.GPT2LMHeadModel.from_pretrained(checkpoint).eval()
+    theirs = hf.generate(torch.from_numpy(ids), attention_mask=torch.ones(2, 4, dtype=torch.long), max_new_tokens=6)
+    np.testing.assert_array_equal(ours, theirs.numpy())

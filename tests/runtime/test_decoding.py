@@ -558,8 +558,8 @@ def test_valid_edge_options_are_accepted() -> None:
 def test_with_overrides_validates_and_rejects_unknown_names() -> None:
     base = GenerationOptions()
     assert base.with_overrides(num_beams=4, length_penalty=2.0) == GenerationOptions(num_beams=4, length_penalty=2.0)
-    with pytest.raises(TypeError, match="max_length: max_new_tokens counts new tokens only") as error:
-        base.with_overrides(max_length=30, beams=2)
+    with pytest.raises(TypeError, match="min_length: use min_new_tokens") as error:
+        base.with_overrides(min_length=30, beams=2)
     assert "beams" in str(error.value) and "valid options: max_new_tokens" in str(error.value)
     with pytest.raises(ValueError, match="top_p=2"):
         base.with_overrides(top_p=2)
@@ -583,11 +583,26 @@ def test_bad_inputs_raise(model, input_ids, mask, named) -> None:
     assert named in str(error.value)
 
 
+def test_an_eos_id_past_the_vocabulary_never_ends_a_row_as_in_transformers(model) -> None:
+    # Small test configs keep GPT-2's eos 50256: transformers generates, it just never stops on it.
+    for options in (dict(max_new_tokens=4), dict(max_new_tokens=4, num_beams=2), dict(max_length=9)):
+        out = assert_same_tokens(model, BATCH, BATCH_MASK, eos=50256, **options)
+        assert out.shape[1] == BATCH.shape[1] + (options.get("max_new_tokens") or 9 - BATCH.shape[1])
+
+
+@pytest.mark.parametrize("options", [dict(), dict(max_length=10), dict(max_length=10, max_new_tokens=3),
+                                     dict(max_length=10, num_beams=2)],
+                         ids=["default 20 new", "max_length", "max_new_tokens wins", "max_length beams"])
+def test_max_length_counts_the_prompt_and_max_new_tokens_wins_as_in_transformers(model, options) -> None:
+    assert_same_tokens(model, BATCH, BATCH_MASK, eos=None, **options)
+
+
 def test_ids_outside_the_logits_raise(model) -> None:
-    with pytest.raises(ValueError, match="eos_token_id 500 is out of range for vocab_size 99"):
-        ours(model, PROMPT, None, max_new_tokens=2, eos=500)
-    with pytest.raises(ValueError, match="pad_token_id 99 is out of range for vocab_size 99"):
+    with pytest.raises(ValueError, match="pad_token_id 99 is out of range for vocab_size 99 .*: rows that end on an "
+                                         "eos id are fed it afterwards"):
         ours(model, PROMPT, None, max_new_tokens=2, eos=3, pad=99)
+    with pytest.raises(ValueError, match="input_ids has 6 tokens but max_length=6, which counts the prompt"):
+        ours(model, PROMPT, None, max_length=PROMPT.shape[1])
     # A backend that does not bounds-check its embedding lookup (TensorRT's gather) is caught after one step.
     lenient = FixedLogits(np.zeros(VOCAB))
     with pytest.raises(ValueError, match="input_ids 120 is out of range for vocab_size 99"):

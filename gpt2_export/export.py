@@ -20,7 +20,7 @@ import torch
 
 import models
 from runtime.manifest import MANIFEST_NAME, IOContract, Manifest, ModelShape, TensorSpec
-from runtime.tokenizer import GPT2_RANKS_RESOURCE
+from runtime.tokenizer import ADDED_TOKENS, GPT2_RANKS_RESOURCE
 
 from . import __version__
 from .checkpoints import ReferenceModel, load_reference
@@ -280,9 +280,10 @@ def save_onnx(proto: onnx.ModelProto, path: Path, external_data: bool | None) ->
 def write_tokenizer(ref: ReferenceModel, folder: Path) -> list[str]:
     """Copy the checkpoint's vocab.json + merges.txt, or write the bundled GPT-2 ranks for the default model."""
     if ref.folder is not None and all((ref.folder / name).is_file() for name in TOKENIZER_FILES):
-        for name in TOKENIZER_FILES:
+        names = [*TOKENIZER_FILES, *([ADDED_TOKENS] if (ref.folder / ADDED_TOKENS).is_file() else [])]
+        for name in names:
             shutil.copyfile(ref.folder / name, folder / name)
-        return list(TOKENIZER_FILES)
+        return names
     if ref.folder is not None:
         ranks = sorted(ref.folder.glob("*.tiktoken"))
         if ranks:

@@ -28,6 +28,7 @@ import tiktoken
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 ENDOFTEXT = "<|endoftext|>"
 GPT2_RANKS_RESOURCE = "assets/gpt2.tiktoken"
+ADDED_TOKENS = "added_tokens.json"  # transformers' file for tokenizer.add_tokens / add_special_tokens
 
 
 class TokenizerNotFoundError(FileNotFoundError):
@@ -124,6 +125,35 @@ def _split_vocab(vocab: dict[str, int], ranks: dict[bytes, int], source: Path) -
     return added
 
 
+def _read_added(path: Path, n_ranks: int) -> dict[str, int]:
+    """added_tokens.json: token text -> id, every id past the BPE ranks."""
+    try:
+        added = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path} is not readable JSON ({e}): restore it or delete it") from e
+    if not isinstance(added, dict):
+        raise ValueError(f"{path} must hold a JSON object of token -> id, got {type(added).__name__}")
+    for token, token_id in added.items():
+        if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < n_ranks:
+            raise ValueError(
+                f"{path}: added token {token!r} has id {token_id!r}; added ids must be integers >= {n_ranks} "
+                "(the ids before are merges.txt's BPE tokens)"
+            )
+    return added
+
+
+def _merge_added(vocab_added: dict[str, int], file_added: dict[str, int], source) -> dict[str, int]:
+    """vocab.json's added tokens and added_tokens.json's, which must agree where they overlap."""
+    merged = dict(vocab_added)
+    for token, token_id in file_added.items():
+        if merged.get(token, token_id) != token_id:
+            raise ValueError(f"{source}: {token!r} has id {token_id} but vocab.json gives it {merged[token]}")
+        merged[token] = token_id
+    if len(set(merged.values())) != len(merged):
+        raise ValueError(f"{source}: two added tokens share an id: {merged}")
+    return merged
+
+
 def _parse_tiktoken(data: bytes, source: str) -> dict[bytes, int]:
     """Return the ranks of a tiktoken file: one 'base64-token rank' pair per line."""
     ranks = {}
@@ -168,8 +198,13 @@ class Tokenizer:
         self._eos_token_id = special_tokens[ENDOFTEXT]
 
     @classmethod
-    def from_files(cls, vocab_json: str | Path, merges_txt: str | Path) -> Tokenizer:
-        """Load a checkpoint's vocab.json + merges.txt (the transformers GPT2Tokenizer format)."""
+    def from_files(cls, vocab_json: str | Path, merges_txt: str | Path,
+                   added_tokens_json: str | Path | None = None) -> Tokenizer:
+        """Load a checkpoint's vocab.json + merges.txt (+ added_tokens.json): transformers' GPT2Tokenizer format.
+
+        Added tokens (tokenizer.add_tokens / add_special_tokens, saved in added_tokens.json) decode to their text
+        and, like <|endoftext|>, are encoded as plain text when they appear in a prompt.
+        """
         vocab_json, merges_txt = Path(vocab_json), Path(merges_txt)
         _require_file(vocab_json)
         _require_file(merges_txt)
@@ -185,6 +220,8 @@ class Tokenizer:
                 f"{vocab_json} must hold a JSON object of token -> id, got {type(vocab).__name__}"
             )
         added = _split_vocab(vocab, ranks, vocab_json)
+        if added_tokens_json is not None:
+            added = _merge_added(added, _read_added(Path(added_tokens_json), len(ranks)), added_tokens_json)
         return cls(ranks, added, name=f"bpe:{vocab_json.parent.name}")
 
     @classmethod
@@ -202,7 +239,8 @@ class Tokenizer:
             raise TokenizerNotFoundError(f"tokenizer folder {folder} does not exist or is not a folder")
         vocab_json, merges_txt = folder / "vocab.json", folder / "merges.txt"
         if vocab_json.is_file() and merges_txt.is_file():
-            return cls.from_files(vocab_json, merges_txt)
+            added = folder / ADDED_TOKENS
+            return cls.from_files(vocab_json, merges_txt, added if added.is_file() else None)
         tiktoken_files = sorted(folder.glob("*.tiktoken"))
         if len(tiktoken_files) == 1:
             return cls.from_tiktoken(tiktoken_files[0])

@@ -190,3 +190,20 @@ def test_a_checkpoint_without_eos_exports_without_a_genai_config_and_generates_l
     hf = transformers.GPT2LMHeadModel.from_pretrained(checkpoint).eval()
     theirs = hf.generate(torch.from_numpy(ids), attention_mask=torch.ones(2, 4, dtype=torch.long), max_new_tokens=6)
     np.testing.assert_array_equal(ours, theirs.numpy())
+
+
+def test_tokens_added_to_the_checkpoints_tokenizer_travel_with_the_export(tmp_path):
+    import transformers
+
+    import runtime
+    from tests.conftest import write_hf_checkpoint
+
+    checkpoint = write_hf_checkpoint(tmp_path / "ckpt", "lm", vocab_size=319)
+    hf = transformers.GPT2TokenizerFast.from_pretrained(checkpoint)
+    hf.add_special_tokens({"pad_token": "<|pad|>"})
+    hf.add_tokens(["hello_world"])
+    hf.save_pretrained(checkpoint)  # ids 317 and 318, in added_tokens.json
+    export(checkpoint, tmp_path / "out", ExportOptions(head="lm"))
+    assert "added_tokens.json" in Manifest.load(tmp_path / "out").tokenizer_files
+    model = runtime.load(tmp_path / "out")
+    assert model.tokenizer.decode([317, 318]) == hf.decode([317, 318]) == "<|pad|>hello_world"

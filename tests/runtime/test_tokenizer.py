@@ -139,6 +139,30 @@ def test_added_tokens_in_vocab_json_decode_but_never_encode(tiny_bpe_folder: Pat
         tokenizer.decode([318])
 
 
+def test_tokens_added_by_transformers_decode_like_transformers(tiny_bpe_folder: Path, tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.GPT2TokenizerFast.from_pretrained(tiny_bpe_folder)
+    hf.add_special_tokens({"pad_token": "<|pad|>"})
+    hf.add_tokens(["hello_world"])
+    hf.save_pretrained(tmp_path / "saved")  # vocab.json keeps 317 tokens; the new ones go to added_tokens.json
+    tokenizer = Tokenizer.from_folder(tmp_path / "saved")
+    assert tokenizer.vocab_size == len(hf) == 319
+    ids = [257, 317, 220, 318, 316, 260]
+    assert tokenizer.decode(ids) == hf.decode(ids)
+    assert tokenizer.encode("the cat") == hf.encode("the cat")
+
+
+@pytest.mark.parametrize(("added", "message"), [
+    ({"<|pad|>": 5}, "added token '<|pad|>' has id 5; added ids must be integers >= 316"),
+    ({"<|endoftext|>": 317}, "'<|endoftext|>' has id 317 but vocab.json gives it 316"),
+    ({"a": 317, "b": 317}, "two added tokens share an id"),
+])
+def test_an_added_tokens_json_that_does_not_fit_is_refused(tiny_bpe_folder: Path, added, message) -> None:
+    (tiny_bpe_folder / "added_tokens.json").write_text(json.dumps(added), encoding="utf-8")
+    with pytest.raises(ValueError, match=message):
+        Tokenizer.from_folder(tiny_bpe_folder)
+
+
 def test_vocab_without_endoftext_gets_the_next_id(tiny_bpe_folder: Path) -> None:
     vocab_path = tiny_bpe_folder / "vocab.json"
     vocab = json.loads(vocab_path.read_text(encoding="utf-8"))

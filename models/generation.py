@@ -157,6 +157,8 @@ def _check_int(name: str, value: object, minimum: int, fix: str) -> None:
 
 
 _HINTS = {"min_length": "use min_new_tokens"}
+OFF_VALUES = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0,
+              "no_repeat_ngram_size": 0, "min_new_tokens": 0}
 
 
 def with_options(config: GenerationConfig, options: dict[str, object]) -> GenerationConfig:
@@ -168,6 +170,8 @@ def with_options(config: GenerationConfig, options: dict[str, object]) -> Genera
         raise TypeError(
             f"unknown generation option(s) {', '.join(unknown)}{hints}; valid options: {', '.join(names)}"
         )
+    # transformers reads None as "off" for these (generate(temperature=None) samples unscaled).
+    options = {key: OFF_VALUES[key] if value is None and key in OFF_VALUES else value for key, value in options.items()}
     return dataclasses.replace(config, **options)
 
 

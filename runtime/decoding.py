@@ -209,6 +209,9 @@ class GenerationOptions:
             raise TypeError(
                 f"unknown generation option(s) {', '.join(unknown)}{hints}; valid options: {', '.join(names)}"
             )
+        # transformers reads None as "off" for these (generate(temperature=None) samples unscaled).
+        overrides = {key: OFF_VALUES[key] if value is None and key in OFF_VALUES else value
+                     for key, value in overrides.items()}
         return dataclasses.replace(self, **overrides)
 
     def resolved(self, prompt_len: int) -> GenerationOptions:
@@ -228,6 +231,8 @@ class GenerationOptions:
 
 
 _HINTS = {"min_length": "use min_new_tokens"}
+OFF_VALUES = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0,
+              "no_repeat_ngram_size": 0, "min_new_tokens": 0}
 DEFAULT_MAX_NEW_TOKENS = 20  # transformers' max_length 20, which it counts from the prompt's end when left unset
 
 

@@ -471,3 +471,16 @@ def test_an_eos_id_past_a_small_vocabulary_never_stops_generation_as_in_transfor
                     dict(max_new_tokens=6, min_new_tokens=2)):
         ours, theirs = both(lm, ids, mask, **options)
         assert_same_tokens(ours, theirs)
+
+
+@pytest.mark.parametrize("off", [dict(temperature=None), dict(top_p=None), dict(repetition_penalty=None),
+                                 dict(no_repeat_ngram_size=None), dict(min_new_tokens=None)],
+                         ids=lambda off: next(iter(off)))
+def test_none_turns_an_option_off_as_in_transformers(lm, batch, off):
+    ours, theirs = lm
+    torch.manual_seed(5)
+    a = ours.generate(*batch, max_new_tokens=6, do_sample=True, **off)
+    torch.manual_seed(5)
+    b = theirs.generate(batch[0], attention_mask=batch[1], max_new_tokens=6, do_sample=True, **off)
+    assert_same_tokens(a, b)
+    assert_same_tokens(*both(lm, *batch, max_new_tokens=6, do_sample=None))  # greedy

@@ -563,6 +563,10 @@ def test_with_overrides_validates_and_rejects_unknown_names() -> None:
     assert "beams" in str(error.value) and "valid options: max_new_tokens" in str(error.value)
     with pytest.raises(ValueError, match="top_p=2"):
         base.with_overrides(top_p=2)
+    # transformers reads None as "off" for these
+    off = base.with_overrides(do_sample=None, temperature=None, top_p=None, repetition_penalty=None,
+                              no_repeat_ngram_size=None, min_new_tokens=None)
+    assert off == base
 
 
 @pytest.mark.parametrize(

@@ -59,8 +59,8 @@ def create_session(model_path: Path, provider: str, threads: int | None,
     for name, (_, ort_value) in zip(fixed_inputs or {}, keep_alive, strict=True):
         options.add_initializer(name, ort_value)
     if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be >= 1, got {threads}: or leave it unset to use every core")
+        if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+            raise ValueError(f"threads must be an integer >= 1, got {threads!r}: or leave it unset to use every core")
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
     if not model_path.is_file():

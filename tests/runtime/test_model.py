@@ -305,6 +305,12 @@ def test_unknown_option_lists_the_valid_ones(lm):
         lm.generate(np.array([[1, 2]]), max_tokens=3)
 
 
+@pytest.mark.parametrize("threads", [0, "2", 1.5, True])
+def test_a_bad_thread_count_is_refused_by_name(exports, threads):
+    with pytest.raises(ValueError, match=f"threads must be an integer >= 1, got {threads!r}"):
+        runtime.load(exports["lm"], threads=threads)
+
+
 def test_folder_without_manifest(tmp_path):
     with pytest.raises(ManifestError, match="has no export.json"):
         runtime.load(tmp_path)

@@ -15,6 +15,7 @@ from typing import Any
 
 CONFIG_NAME = "config.json"
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2")
+PROBLEM_TYPES = ("regression", "single_label_classification", "multi_label_classification")
 
 # Hugging Face's generic names for GPT-2's fields (`attribute_map` in GPT2Config).
 ATTRIBUTE_MAP = {
@@ -130,6 +131,11 @@ class GPT2Config:
             raise ValueError(
                 f"attn_implementation {self.attn_implementation!r} is unknown: "
                 f"use one of {', '.join(ATTN_IMPLEMENTATIONS)}"
+            )
+        if self.problem_type not in (None, *PROBLEM_TYPES):
+            raise ValueError(
+                f"problem_type {self.problem_type!r} is unknown: use one of {', '.join(PROBLEM_TYPES)}, or None to "
+                "infer it from num_labels and the labels' dtype"
             )
         if self.summary_type not in ("last", "first", "mean", "cls_index", "attn"):
             raise ValueError(

@@ -116,6 +116,7 @@ def test_head_count_must_divide_the_embedding():
         (dict(n_layer=0), "n_layer must be a positive integer"),
         (dict(attn_implementation="flex"), "attn_implementation 'flex' is unknown"),
         (dict(summary_type="max"), "summary_type 'max' is unknown"),
+        (dict(problem_type="ranking"), "problem_type 'ranking' is unknown: use one of regression"),
     ],
 )
 def test_invalid_fields_are_refused(kwargs, message):

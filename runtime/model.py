@@ -197,34 +197,45 @@ class Model:
         pieces: queue.Queue = queue.Queue()
         done = object()
         stops = self._stops(opts)
+        closed = threading.Event()  # the consumer stopped iterating: decoding stops at the next step
+
+        def on_tokens(tokens: np.ndarray) -> None:
+            if closed.is_set():
+                raise _StreamClosed
+            pieces.put(int(tokens[0]))
 
         def run() -> None:
             try:
-                self.generate(ids, mask, on_tokens=lambda tokens: pieces.put(int(tokens[0])), **options)
+                self.generate(ids, mask, on_tokens=on_tokens, **options)
                 pieces.put(done)
+            except _StreamClosed:
+                pass
             except BaseException as e:  # surfaced to the consumer below
                 pieces.put(e)
 
-        worker = threading.Thread(target=run, daemon=True)
+        worker = threading.Thread(target=run, name="runtime-stream", daemon=True)
         worker.start()
         decoder = self.tokenizer.stream_decoder()
         finished = False
-        while True:
-            item = pieces.get()
-            if item is done:
-                break
-            if isinstance(item, BaseException):
-                raise item
-            if finished or item in stops:
-                finished = True
-                continue
-            text = decoder.feed(item)
-            if text:
-                yield text
-        tail = decoder.flush()
-        if tail:
-            yield tail
-        worker.join()
+        try:
+            while True:
+                item = pieces.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                if finished or item in stops:
+                    finished = True
+                    continue
+                text = decoder.feed(item)
+                if text:
+                    yield text
+            tail = decoder.flush()
+            if tail:
+                yield tail
+        finally:  # also on break / close(): no decoding left running behind the consumer's back
+            closed.set()
+            worker.join()
 
     # ---- other heads -------------------------------------------------------------------------------
 
@@ -274,6 +285,10 @@ class Model:
             "mc_token_ids": np.full((1, c), t - 1, dtype=np.int64),
         }
         return self.forward(feeds)["mc_logits"][0].astype(np.float32)  # (C,)
+
+
+class _StreamClosed(Exception):
+    """Raised inside a stream's decoding thread once its consumer has stopped iterating."""
 
 
 def _as_array(value, name: str) -> np.ndarray:

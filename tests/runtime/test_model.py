@@ -10,6 +10,8 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -151,6 +153,27 @@ def test_streaming_text_equals_the_full_decode(lm):
     pieces = list(lm.stream(prompt, max_new_tokens=16))
     assert len(pieces) > 1
     assert "".join(pieces) == lm.generate_text(prompt, max_new_tokens=16)
+
+
+def test_a_stream_left_early_stops_decoding(lm, monkeypatch):
+    steps = []
+    session = lm.backend.session
+
+    class CountingSession:  # counts decode steps (paced at 10 ms, so 41 take 0.4 s), delegates the rest
+        def run_with_iobinding(self, *args, **kwargs):
+            steps.append(1)
+            time.sleep(0.01)
+            return session.run_with_iobinding(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(session, name)
+
+    monkeypatch.setattr(lm.backend, "session", CountingSession())
+    stream = lm.stream("the cat", max_new_tokens=40, eos_token_id=None, min_new_tokens=40)
+    next(stream)
+    stream.close()  # as `break` does; returns once the decoding thread has stopped
+    assert len(steps) < 20, len(steps)  # 41 (prefill + 40) had it run to the end
+    assert not any(t.name == "runtime-stream" for t in threading.enumerate())
 
 
 def test_generate_text_ends_at_the_eos_option_like_stream(lm):

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .decoding import GenerationOptions, _draw, _log_softmax, logits_processors
+from .decoding import GenerationOptions, _draw, _log_softmax, logits_processors, topk_indices
 from .kv_cache import SharedKVCache
 from .model import Model
 from .onnx_decoder import OnnxRuntimeBackend
@@ -43,6 +43,7 @@ class CompletionRequest:
     seed: int | None = None
     stop_token_ids: tuple[int, ...] | None = None  # None: the model's eos
     logprobs: bool = False
+    top_logprobs: int = 0  # with logprobs: also report this many most likely tokens of each step
 
 
 @dataclass(frozen=True)
@@ -54,9 +55,13 @@ class TokenEvent:
     finish_reason: str | None  # None while running; "stop" | "length" | "cancelled" | "error"
     time: float  # time.perf_counter() when produced
     error: str | None = None
+    top_logprobs: tuple[tuple[int, float], ...] | None = None  # (token id, logprob), most likely first
 
 
 PREFILL_CHUNK = 16  # prompt tokens prefilled per decode step while other requests decode (batched mode)
+# Temperatures below this decode greedily (vLLM's rule): dividing float32 logits by a tinier one overflows to inf and
+# NaN probabilities, which drew token 0 whatever the logits.
+GREEDY_BELOW = 1e-5
 
 
 class QueueFullError(RuntimeError):
@@ -239,6 +244,8 @@ class BatchEngine:
             raise ValueError(f"token id {bad[0]} is out of range for vocab_size {vocab}: ids must be in [0, {vocab})")
         if request.temperature < 0:
             raise ValueError(f"temperature={request.temperature} must be >= 0 (0 = greedy)")
+        if request.top_logprobs < 0:
+            raise ValueError(f"top_logprobs={request.top_logprobs} must be >= 0")
         if request.max_new_tokens < 1:
             raise ValueError(f"max_tokens={request.max_new_tokens} must be >= 1")
         if n + request.max_new_tokens > limit:
@@ -249,7 +256,7 @@ class BatchEngine:
         self._options(request)  # temperature / top_p / top_k checks, with GenerationOptions' messages
 
     def _options(self, request: CompletionRequest) -> GenerationOptions:
-        sampling = request.temperature > 0
+        sampling = request.temperature >= GREEDY_BELOW
         return GenerationOptions(
             max_new_tokens=request.max_new_tokens,
             do_sample=sampling,
@@ -430,7 +437,7 @@ class BatchEngine:
             token = int(_draw(scores, active.rng, active.generated)[0])
         else:
             token = int(np.argmax(scores[0]))
-        logprob = float(_log_softmax(logits[None, :])[0, token]) if active.handle.request.logprobs else None
+        logprob, top = self._logprobs(active.handle.request, logits, token)
         active.tokens.append(token)
         active.generated += 1
         self._tokens += 1
@@ -439,9 +446,22 @@ class BatchEngine:
             finish = "stop"
         elif active.generated >= active.options.max_new_tokens:
             finish = "length"
-        active.handle._deliver(TokenEvent(token, logprob, finish, time.perf_counter()))
+        active.handle._deliver(TokenEvent(token, logprob, finish, time.perf_counter(), top_logprobs=top))
         if finish is not None:
             self._slots[slot] = None
+
+    @staticmethod
+    def _logprobs(request: CompletionRequest, logits: np.ndarray,
+                  token: int) -> tuple[float | None, tuple[tuple[int, float], ...] | None]:
+        """The chosen token's log-probability and the request's top_logprobs most likely (id, logprob), if asked."""
+        if not request.logprobs:
+            return None, None
+        logprobs = _log_softmax(logits[None, :])
+        top = None
+        if request.top_logprobs:
+            ids = topk_indices(logprobs, min(request.top_logprobs, logprobs.shape[-1]))[0]
+            top = tuple((int(i), float(logprobs[0, i])) for i in ids)
+        return float(logprobs[0, token]), top
 
     def _drop_cancelled(self) -> None:
         for i, active in enumerate(self._slots):

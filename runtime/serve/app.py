@@ -63,7 +63,7 @@ class CountRequests:
 
 
 def create_app(service: Service, load_on_startup: bool = False,
-               on_load_failure: Callable[[], None] | None = None) -> BearerAuth | CountRequests:
+               on_load_failure: Callable[[], None] | None = None) -> CountRequests:
     """The ASGI app of a Service. With load_on_startup the model loads in the background when the server starts
     (uvicorn's lifespan; `on_load_failure` runs if it fails) and the engine drains on shutdown; otherwise the
     caller loads and stops the service (Ray replicas, tests)."""
@@ -96,6 +96,11 @@ def create_app(service: Service, load_on_startup: bool = False,
             message = str(exc.detail)
         return error_response(APIError(exc.status_code, message, headers=dict(exc.headers or {})))
 
+    async def server_error(request: Request, exc: Exception) -> Response:
+        # Starlette logs the traceback; the client gets the error shape every other answer has, not plain text.
+        return error_response(APIError(500, f"internal server error ({type(exc).__name__}): see the server log",
+                                       code="internal_error"))
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         if load_on_startup:
@@ -113,8 +118,9 @@ def create_app(service: Service, load_on_startup: bool = False,
             Route("/health", health, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
     )
-    counted = CountRequests(app, service)
-    return BearerAuth(counted, service.config.api_key) if service.config.api_key else counted
+    # Counted outside the key check, so refused keys (401) show in /metrics too.
+    guarded = BearerAuth(app, service.config.api_key) if service.config.api_key else app
+    return CountRequests(guarded, service)

@@ -57,6 +57,7 @@ class Choice:
     text: ChoiceText
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float | None] = field(default_factory=list)
+    top_logprobs: list[tuple[tuple[int, float], ...] | None] = field(default_factory=list)  # per token: (id, logprob)
     offsets: list[int] = field(default_factory=list)  # where each token's text starts in the choice's text
     finish_reason: str | None = None
     error: str | None = None
@@ -98,6 +99,7 @@ class CompletionRun:
             choice.offsets.append(choice.text.decoded_length)
             choice.token_ids.append(token)
             choice.logprobs.append(event.logprob)
+            choice.top_logprobs.append(event.top_logprobs)
             out = choice.text.feed(token)
             metrics.generated_tokens.inc()
             if choice.last_time is None:
@@ -169,32 +171,53 @@ class CompletionRun:
 
     # ---- responses -------------------------------------------------------------------------------
 
+    def _token_text(self, token: int) -> str:
+        """One token's text in logprobs (a piece of a UTF-8 character shows as U+FFFD)."""
+        tokenizer = self.service.tokenizer
+        if tokenizer is None:
+            return f"token_id:{token}"
+        try:
+            return tokenizer.token_bytes(token).decode("utf-8", errors="replace")
+        except ValueError:  # an id the vocabulary does not assign
+            return f"token_id:{token}"
+
+    def _prompt_offsets(self, prompt: PreparedPrompt) -> list[int]:
+        """Where each prompt token starts in the echoed prompt text, counted as generated tokens' offsets are."""
+        if prompt.text is None or self.service.tokenizer is None:
+            return [0] * len(prompt.ids)
+        decoder, offsets, length = self.service.tokenizer.stream_decoder(), [], 0
+        for token in prompt.ids:
+            offsets.append(length)
+            length += len(decoder.feed(token))
+        return offsets
+
+    def _top_logprobs(self, choice: Choice, i: int) -> dict[str, float] | None:
+        """Token i's most likely alternatives by text, most likely first, with the chosen token (OpenAI: up to
+        logprobs + 1 entries)."""
+        top = choice.top_logprobs[i]
+        if top is None:
+            return None
+        entries: dict[str, float] = {}
+        for token, value in (*top, (choice.token_ids[i], choice.logprobs[i])):
+            entries.setdefault(self._token_text(token), value)
+        return entries
+
     def _logprobs(self, choice: Choice, start: int = 0, echo_prompt: bool = False) -> dict[str, Any] | None:
         if self.params.logprobs is None:
             return None
-        tokenizer = self.service.tokenizer
-
-        def token_text(token: int) -> str:
-            if tokenizer is None:
-                return f"token_id:{token}"
-            try:
-                return tokenizer.token_bytes(token).decode("utf-8", errors="replace")
-            except ValueError:  # an id the vocabulary does not assign
-                return f"token_id:{token}"
-
-        tokens, values, offsets = [], [], []
+        tokens, values, offsets, top = [], [], [], []
         if echo_prompt:  # prompt tokens are echoed without log-probabilities (not computed)
-            offset = 0
-            for token in choice.prompt.ids:
-                tokens.append(token_text(token))
-                values.append(None)
-                offsets.append(offset)
-                offset += len(tokens[-1])
+            tokens += [self._token_text(t) for t in choice.prompt.ids]
+            values += [None] * len(choice.prompt.ids)
+            offsets += self._prompt_offsets(choice.prompt)
+            top += [None] * len(choice.prompt.ids)
         prefix = len(choice.prompt.text or "") if self.params.echo else 0
-        tokens += [token_text(t) for t in choice.token_ids[start:]]
+        tokens += [self._token_text(t) for t in choice.token_ids[start:]]
         values += choice.logprobs[start:]
         offsets += [prefix + o for o in choice.offsets[start:]]
-        return {"tokens": tokens, "token_logprobs": values, "top_logprobs": None, "text_offset": offsets}
+        top += [self._top_logprobs(choice, i) for i in range(start, len(choice.token_ids))]
+        return {"tokens": tokens, "token_logprobs": values, "top_logprobs": top if self.params.logprobs else None,
+                "text_offset": offsets}
 
     def _usage(self) -> dict[str, int]:
         prompt = sum(len(p.ids) for p in self.prompts)
@@ -229,8 +252,11 @@ class CompletionRun:
             if not choice.prompt_sent:
                 item["prompt_token_ids"] = list(choice.prompt.ids)
         choice.prompt_sent = True
-        return {"id": self.id, "object": "text_completion", "created": self.created, "model": self.service.name,
-                "choices": [item]}
+        chunk = {"id": self.id, "object": "text_completion", "created": self.created, "model": self.service.name,
+                 "choices": [item]}
+        if self.params.include_usage:  # OpenAI: every chunk has "usage", null but in the last one
+            chunk["usage"] = None
+        return chunk
 
     def _error(self) -> APIError | None:
         failed = [c for c in self.choices if c.error is not None]

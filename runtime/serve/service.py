@@ -181,6 +181,8 @@ class Service:
         if self.tokenizer is None:
             raise bad("prompt", f"{self.config.folder} has no tokenizer files (vocab.json + merges.txt or *.tiktoken),"
                                 " so text prompts cannot be encoded: send token ids (a list of integers) instead")
+        # A lone surrogate (valid JSON "\\ud83d") has no UTF-8: it tokenizes as U+FFFD (tiktoken's rule) and echoes so.
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
         ids = self.tokenizer.encode(text)
         if not ids:  # OpenAI's rule: no prompt means the start of a document, <|endoftext|> for GPT-2
             bos = self.manifest.shape.bos_token_id
@@ -227,6 +229,7 @@ class Service:
                         seed=params.seed + j if params.seed is not None else None,
                         stop_token_ids=stops,
                         logprobs=params.logprobs is not None,
+                        top_logprobs=params.logprobs or 0,
                     )))
         except QueueFullError as e:
             self._cancel(handles)

@@ -192,6 +192,53 @@ def test_logprobs_are_reported_for_each_token(server):
     assert logprobs["top_logprobs"] is None
 
 
+def test_top_logprobs_hold_the_most_likely_tokens_and_the_chosen_one(server):
+    body = {"prompt": "the cat", "max_tokens": 6, "temperature": 0, "logprobs": 3, "ignore_eos": True}
+    logprobs = post(server.url, body).json()["choices"][0]["logprobs"]
+    assert len(logprobs["top_logprobs"]) == len(logprobs["tokens"]) == 6
+    for token, value, top in zip(logprobs["tokens"], logprobs["token_logprobs"], logprobs["top_logprobs"],
+                                 strict=True):
+        assert 1 <= len(top) <= 4 and top[token] == value  # OpenAI: up to logprobs + 1, the chosen one included
+        assert max(top.values()) == value  # greedy chose the most likely
+        assert list(top.values()) == sorted(top.values(), reverse=True)
+    streamed = [c["logprobs"]["top_logprobs"] for e in stream(server.url, body) for c in e["choices"]]
+    assert [t for chunk in streamed for t in chunk] == logprobs["top_logprobs"]
+
+
+def test_echoed_prompt_offsets_count_characters_as_the_completion_does(server):
+    """A character split over byte tokens adds its length once, not once per token's U+FFFD."""
+    choice = post(server.url, {"prompt": "日本語の", "max_tokens": 3, "temperature": 0, "echo": True,
+                               "logprobs": 0}).json()["choices"][0]
+    offsets = choice["logprobs"]["text_offset"]
+    assert offsets == sorted(offsets) and offsets[0] == 0 and offsets[-1] <= len(choice["text"]), offsets
+
+
+def test_stream_usage_is_null_in_every_chunk_but_the_last(server):
+    events = stream(server.url, {"prompt": ["the cat", "a dog"], "n": 2, "max_tokens": 4, "temperature": 0,
+                                 "echo": True, "stream_options": {"include_usage": True}})
+    assert all("usage" in e and e["usage"] is None for e in events[:-1])
+    assert events[-1]["choices"] == [] and events[-1]["usage"]["completion_tokens"] > 0
+    assert all("usage" not in e for e in stream(server.url, {"prompt": "the cat", "max_tokens": 2}))
+
+
+def test_a_lone_surrogate_in_the_prompt_echoes_as_a_replacement_character(server):
+    """JSON allows "\\ud83d" alone; UTF-8 cannot encode it, so echoing it raw failed the response with a 500."""
+    body = b'{"prompt": "ab \\ud83d cd", "max_tokens": 2, "echo": true'
+    whole = httpx.post(f"{server.url}/v1/completions", content=body + b"}", timeout=TIMEOUT)
+    assert whole.status_code == 200, whole.text
+    assert whole.json()["choices"][0]["text"].startswith("ab \ufffd cd")
+    streamed = httpx.post(f"{server.url}/v1/completions", content=body + b', "stream": true}', timeout=TIMEOUT)
+    lines = [line[6:] for line in streamed.text.splitlines() if line.startswith("data: ")]
+    assert lines[-1] == "[DONE]" and json.loads(lines[0])["choices"][0]["text"] == "ab \ufffd cd"
+
+
+def test_a_tiny_temperature_decodes_greedily_not_token_0(server, reference_model):
+    """Logits / 1e-300 overflow float32 to inf and NaN probabilities, which drew token 0 every step."""
+    ids = reference_model.tokenizer.encode("the cat")
+    body = {"prompt": "the cat", "max_tokens": 5, "temperature": 1e-300, "return_token_ids": True}
+    assert post(server.url, body).json()["choices"][0]["token_ids"] == alone(reference_model, ids, 5)
+
+
 # ---- bad requests -----------------------------------------------------------------------------------------------
 
 
@@ -301,6 +348,24 @@ def test_an_export_without_tokenizer_takes_token_ids_only(start_server, serve_ex
     assert streamed[0]["token_ids"] == ids["choices"][0]["token_ids"]
 
 
+def test_an_unexpected_failure_is_a_json_500_not_plain_text(serve_exports):
+    from starlette.testclient import TestClient
+
+    from runtime.serve import ServeConfig, Service, create_app
+
+    service = Service(ServeConfig(serve_exports["lm-shared"]))
+
+    def broken():
+        raise RuntimeError("boom")
+
+    service.unavailable = broken
+    with TestClient(create_app(service), raise_server_exceptions=False) as client:
+        response = client.post("/v1/completions", json={"prompt": [1, 2]})
+    assert response.status_code == 500
+    assert response.json()["error"]["type"] == "server_error"
+    assert "RuntimeError" in response.json()["error"]["message"]
+
+
 # ---- auth -------------------------------------------------------------------------------------------------------
 
 
@@ -319,6 +384,8 @@ def test_an_api_key_guards_every_route_but_health(start_server, serve_exports):
     assert httpx.get(f"{server.url}/v1/models", headers=good).status_code == 200
     assert post(server.url, {"prompt": [1, 2], "max_tokens": 2}, headers=good).status_code == 200
     assert stream(server.url, {"prompt": [1, 2], "max_tokens": 2}, headers=good)
+    metrics = httpx.get(f"{server.url}/metrics", headers=good).text  # refused keys are counted too
+    assert 'gpt2_serve_http_requests_total{route="/v1/models",status="401"} 5' in metrics
 
 
 def test_the_api_key_comes_from_the_environment_too(monkeypatch):

@@ -175,10 +175,23 @@ def test_a_prompt_joining_running_requests_is_prefilled_a_chunk_per_step(exports
         return prefill(ids, slot)
 
     monkeypatch.setattr(engine, "_prefill_into_slot", spy)
+    session = model.backend.session
+
+    class PacedSession:  # 10 ms a step: the running request is still decoding when the other one joins, under load
+        def run_with_iobinding(self, *args, **kwargs):
+            time.sleep(0.01)
+            return session.run_with_iobinding(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(session, name)
+
+    monkeypatch.setattr(model.backend, "session", PacedSession())
     engine.start()
     try:
         # Seeded sampling: the tiny checkpoint's greedy continuation repeats one token, which would prove nothing.
-        running = engine.submit(CompletionRequest(tuple(PROMPTS[0]), 30, temperature=5.0, top_k=40, seed=3))
+        # No stop ids: it runs all 30 steps (0.3 s) whatever it samples.
+        running = engine.submit(CompletionRequest(tuple(PROMPTS[0]), 30, temperature=5.0, top_k=40, seed=3,
+                                                  stop_token_ids=()))
         events = running.events(timeout=60)
         first = next(events).token_id  # decoding now
         joining = engine.submit(CompletionRequest(tuple(PROMPTS[2]), 5))  # 8 tokens: chunks of 3, 3, 2

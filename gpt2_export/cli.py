@@ -173,11 +173,13 @@ def generate_command(
 
     model = runtime.load(folder, provider=provider, threads=threads)
     options = _decoding_options(max_new_tokens, sample, temperature, top_k, top_p, seed, num_beams)
-    click.echo(prompt, nl=False)
     if num_beams > 1:
-        click.echo(model.generate_text(prompt, **options))
+        click.echo(prompt + model.generate_text(prompt, **options))
         return
-    for piece in model.stream(prompt, **options):
+    pieces = model.stream(prompt, **options)
+    first = next(pieces, "")  # bad input (head, prompt length, options) fails here, before any text is printed
+    click.echo(prompt + first, nl=False)
+    for piece in pieces:
         click.echo(piece, nl=False)
     click.echo()
 

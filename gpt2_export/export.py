@@ -84,10 +84,14 @@ class ExportOptions:
         if self.weights not in WEIGHTS:
             raise ExportError(f"unknown weights {self.weights!r}: choose float, int8 or int4")
         plain = self.variant == "plain" or (self.variant is None and self.head not in FUSED_HEADS)
-        if plain and (self.kv_cache != "growing" or self.weights != "float"):
+        fused_only = [f"--kv-cache {self.kv_cache}"] * (self.kv_cache != "growing")
+        fused_only += [f"--weights {self.weights}"] * (self.weights != "float")
+        if plain and fused_only:
+            asked = " and ".join(fused_only)
+            no_fused = f"drop {asked} (the {self.head} head has no fused graph)"
+            fix = "drop --plain" if self.head in FUSED_HEADS else no_fused
             raise ExportError(
-                f"--kv-cache {self.kv_cache} / --weights {self.weights} need the fused graph, which covers the "
-                f"{' and '.join(FUSED_HEADS)} heads: drop --plain (or use head lm)"
+                f"{asked} would need the fused graph, which covers the {' and '.join(FUSED_HEADS)} heads: {fix}"
             )
         if self.kv_cache == "shared" and self.head != "lm":
             raise ExportError(
@@ -142,6 +146,25 @@ def prepare_output(folder: Path, overwrite: bool) -> None:
         probe.unlink()
     except OSError as e:
         raise ExportError(f"cannot write to output folder {folder} ({e.strerror}): choose a writable location") from e
+
+
+def check_output_spares_checkpoint(model: str | os.PathLike | None, folder: Path) -> None:
+    """Refuse an output folder that is, or holds, the checkpoint folder (--overwrite would delete it)."""
+    if model is None or not Path(model).is_dir():
+        return
+    checkpoint, output = Path(model).resolve(), folder.resolve()
+    if output == checkpoint or output in checkpoint.parents:
+        raise ExportError(
+            f"output folder {folder} holds the checkpoint {model} being exported (--overwrite would delete it): "
+            "choose another output folder"
+        )
+
+
+def checkpoint_id(model: str | os.PathLike | None) -> str | None:
+    """What export.json records to find the checkpoint again: an absolute path for a local folder, else the hub id."""
+    if model is None:
+        return None
+    return str(Path(model).resolve()) if Path(model).is_dir() else str(model)
 
 
 def check_head_matches(ref: ReferenceModel, head: str) -> None:
@@ -315,6 +338,23 @@ def model_shape(model: models.GPT2PreTrainedModel) -> ModelShape:
     )
 
 
+def check_shape_matches(ref: ReferenceModel, manifest: Manifest, checkpoint: str | None) -> None:
+    """Refuse a checkpoint shaped unlike the export: comparing the two would only report broadcast errors."""
+    names = ["n_layer", "n_head", "n_embd", "vocab_size", "n_positions"]
+    if manifest.head == "seq-cls":
+        names.append("num_labels")
+    if manifest.shape.num_heads_per_layer:  # older export.json files do not record it
+        names.append("num_heads_per_layer")
+    have = model_shape(ref.model)
+    wrong = [f"{name} {getattr(have, name)} (export: {getattr(manifest.shape, name)})" for name in names
+             if getattr(have, name) != getattr(manifest.shape, name)]
+    if wrong:
+        raise ExportError(
+            f"the checkpoint {checkpoint or '(the offline default)'} does not match the export: {', '.join(wrong)}: "
+            "pass the checkpoint it was exported from with --model"
+        )
+
+
 def tool_versions() -> dict[str, str]:
     """Versions of everything that shaped the graph."""
     return {
@@ -333,6 +373,7 @@ def export(
 ) -> ExportResult:
     """Export `model` (folder, hub id, or None for the offline default) as one head into `output`."""
     folder = Path(output)
+    check_output_spares_checkpoint(model, folder)
     prepare_output(folder, options.overwrite)
     with stage("load", report):
         ref = load_reference(str(model) if model is not None else None, HEAD_CLASSES[options.head])
@@ -371,7 +412,7 @@ def export(
         tokenizer_files=tokenizer_files,
         tools=tool_versions(),
         source=ref.source,
-        checkpoint=str(model) if model is not None else None,
+        checkpoint=checkpoint_id(model),
         kv_cache=options.kv_cache if variant == "fused" else "growing",
         weights=options.weights,
         weight_block_size=options.weight_block_size,
@@ -402,9 +443,14 @@ def validate_folder(
     """Re-validate an export folder against its checkpoint (default: the folder's own config + source)."""
     folder = Path(folder)
     manifest = Manifest.load(folder)
+    onnx_path = folder / manifest.model_file
+    if not onnx_path.is_file():
+        raise FileNotFoundError(f"{onnx_path} is missing: the export folder is incomplete, re-export it")
     checkpoint = str(model) if model is not None else manifest.checkpoint
     ref = load_reference(checkpoint, HEAD_CLASSES[manifest.head])
-    result = validate(ref.model.float().eval(), manifest, folder / manifest.model_file, report)
+    check_shape_matches(ref, manifest, checkpoint)
+    check_head_matches(ref, manifest.head)
+    result = validate(ref.model.float().eval(), manifest, onnx_path, report)
     manifest.validation = result.to_dict()
     manifest.save(folder)
     raise_if_failed(result)

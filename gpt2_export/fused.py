@@ -234,7 +234,11 @@ class FusedGraphBuilder:
         flat = self.node("Reshape", [final, self.weight("flat_shape", np.array([-1, self.config.n_embd], np.int64))],
                          name="lm_head.flatten")[0]
         logits2d = self.node("Gemm", [flat, head], name="lm_head", transB=1)[0]
-        hidden_shape = self.node("Shape", [final], name="lm_head.hidden_shape", end=2)[0]  # (B, T')
+        # Shape then Slice, not Shape(end=2): Shape's start/end attributes need opset 15, and opset 14 is supported.
+        full_shape = self.node("Shape", [final], name="lm_head.hidden_shape")[0]  # (B, T', C)
+        starts = self.weight("lm_head.dims_start", np.array([0], np.int64))
+        ends = self.weight("lm_head.dims_end", np.array([2], np.int64))
+        hidden_shape = self.node("Slice", [full_shape, starts, ends], name="lm_head.batch_and_tokens")[0]  # (B, T')
         vocab = self.weight("vocab_dim", np.array([self.config.vocab_size], np.int64))
         out_shape = self.node("Concat", [hidden_shape, vocab], name="lm_head.out_shape", axis=0)[0]
         self.node("Reshape", [logits2d, out_shape], ["logits"], name="lm_head.unflatten")

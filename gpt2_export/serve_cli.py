@@ -37,6 +37,23 @@ def _ints(value: str, name: str) -> tuple[int, ...]:
     return numbers
 
 
+def _check_workload(folder: str, prompt_tokens: int, max_tokens: int) -> None:
+    """Refuse, before any server starts, an export the load test cannot run: every request would fail."""
+    from runtime.manifest import Manifest
+
+    manifest = Manifest.load(folder)
+    if manifest.head != "lm":
+        raise click.ClickException(
+            f"{folder} holds the {manifest.head!r} head: bench-serve needs an lm export (re-export with --head lm)"
+        )
+    limit = manifest.shape.n_positions
+    if prompt_tokens + max_tokens > limit:
+        raise click.ClickException(
+            f"--prompt-tokens {prompt_tokens} + --max-tokens {max_tokens} = {prompt_tokens + max_tokens} exceeds the "
+            f"model's n_positions {limit}: lower them to fit {limit} positions"
+        )
+
+
 @click.command("bench-serve")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--concurrency", default="1,4,8,16", show_default=True, help="Concurrent streaming clients per level.")
@@ -70,6 +87,7 @@ def bench_serve_command(folder, concurrency, max_batch, baseline_max_batch, requ
             prompt_tokens=prompt_tokens, threads=threads,
             extra={"command": " ".join(["gpt2-export", *sys.argv[1:]])},
         )
+        _check_workload(folder, prompt_tokens, max_tokens)  # after the options' own checks (usage errors first)
         result = run_serve_bench(config, lambda line: click.echo(line, err=True))
     except (ValueError, RuntimeError, FileNotFoundError) as e:
         raise click.ClickException(str(e)) from e

@@ -92,11 +92,24 @@ def _positions(mask: np.ndarray) -> np.ndarray:
     return np.where(mask == 0, 1, positions).astype(np.int64)
 
 
+def _session(onnx_path: Path) -> ort.InferenceSession:
+    """A CPU session on the graph; a file ONNX Runtime cannot load is one clear error, not its traceback."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+    except Exception as e:  # onnxruntime's errors (InvalidProtobuf, InvalidGraph, NoSuchFile, ...) share no base
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RuntimeError(f"ONNX Runtime cannot load {onnx_path} ({reason}): re-export the checkpoint") from e
+
+
 class Validator:
     """Runs the reference model and the ONNX graph on the same inputs and compares them."""
 
     def __init__(self, model: models.GPT2PreTrainedModel, manifest: Manifest, onnx_path: Path, report: Reporter):
         head, dtype = manifest.head, manifest.dtype
+        if dtype not in TOLERANCES:
+            raise ValueError(f"export.json names dtype {dtype!r}, not one of {', '.join(TOLERANCES)}: re-export it")
         self.manifest = manifest
         self.model = model.float().eval()
         self.head = head
@@ -104,9 +117,7 @@ class Validator:
         self.n_layer = model.config.n_layer
         self.heads_per_layer = [block.attn.num_heads for block in model.base_model.h]
         self.float_type = np.float16 if dtype == "fp16" else np.float32
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.session = _session(onnx_path)
         self.atol, self.rtol = TOLERANCES[dtype]
         self.quantized = QUANTIZED_TOLERANCES.get(manifest.weights)
         self.result = ValidationReport(dtype=dtype, atol=self.atol, rtol=self.rtol)
@@ -193,8 +204,20 @@ class Validator:
     def compare(self, case: Case, got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
         for name, expected in want.items():
             if name not in got:
-                continue  # the in-place cache graph returns its cache in its own layout
+                if not (self.shared and name.startswith("present.")):  # in-place caches keep their own layout
+                    self.result.problems.append(
+                        f"{case.name}: the graph has no output {name!r}: it does not match export.json's "
+                        f"{self.head} head; re-export the checkpoint"
+                    )
+                continue
             actual = got[name].astype(np.float32)
+            if actual.shape != expected.shape:
+                self.result.problems.append(
+                    f"{case.name} / {name}: the graph gives shape {actual.shape}, the reference {expected.shape}: "
+                    "the graph does not match export.json's model; re-export the checkpoint"
+                )
+                self.report(f"FAIL {case.name:<34} {name:<24} shape {actual.shape} != {expected.shape}")
+                continue
             mask = self._compare_mask(name, case, expected.shape)
             diff = np.abs(actual - expected)
             if self.quantized is not None:
@@ -276,7 +299,8 @@ class Validator:
             agreed, total = self._agreement
             self.result.greedy["argmax_agreement"] = agreed / total if total else None
             self.report(self.result.greedy["summary"])
-            self.report(f"argmax agreement with the fp32 reference over {total} positions: {agreed / total:.1%}")
+            if total:
+                self.report(f"argmax agreement with the fp32 reference over {total} positions: {agreed / total:.1%}")
             if self.quantized is not None:
                 self.result.greedy["passed"] = True  # quantization may flip close calls: reported, not enforced
             elif not self.result.greedy["passed"]:

@@ -207,3 +207,15 @@ def test_tokens_added_to_the_checkpoints_tokenizer_travel_with_the_export(tmp_pa
     assert "added_tokens.json" in Manifest.load(tmp_path / "out").tokenizer_files
     model = runtime.load(tmp_path / "out")
     assert model.tokenizer.decode([317, 318]) == hf.decode([317, 318]) == "<|pad|>hello_world"
+
+
+@pytest.mark.parametrize("options, message", [
+    (dict(head="seq-cls", kv_cache="shared"), "drop --kv-cache shared (the seq-cls head has no fused graph)"),
+    (dict(variant="plain", weights="int8"), "--weights int8 would need the fused graph, which covers the lm and "
+                                            "base heads: drop --plain"),
+])
+def test_fused_only_options_name_only_what_was_asked(options, message):
+    with pytest.raises(ExportError) as error:
+        ExportOptions(**options)
+    assert message in str(error.value)
+    assert "--weights float" not in str(error.value) and "--kv-cache growing" not in str(error.value)

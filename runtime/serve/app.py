@@ -90,6 +90,10 @@ def create_app(service: Service, load_on_startup: bool = False,
     async def http_error(request: Request, exc: HTTPException) -> Response:
         if exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}"
+        elif exc.status_code == 404 and request.url.path.rstrip("/") == "/v1/chat/completions":
+            # OpenAI clients try chat first; GPT-2 has no chat template (vLLM answers the same way).
+            message = (f"{service.name} is a GPT-2 language model without a chat template: send a prompt to "
+                       "/v1/completions instead of messages to /v1/chat/completions")
         elif exc.status_code == 404:
             message = f"no route {request.url.path}: this server has {', '.join(ROUTES)}"
         else:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import click
 
 from runtime.manifest import ManifestError
+from runtime.providers import ProviderUnavailableError
 
 from .config import API_KEY_ENV, DEFAULT_HOST, ServeConfig
 
@@ -81,7 +82,7 @@ def run_serve(folder, host, port, max_batch, max_model_len, max_queue, api_key, 
         except ImportError as e:
             raise click.ClickException(f"serving needs the serve extra ({e}): pip install 'gpt2-export[serve]'") from e
         return serve(config, log_level=log_level)
-    except (ValueError, ManifestError, FileNotFoundError) as e:
+    except (ValueError, ManifestError, FileNotFoundError, ProviderUnavailableError) as e:
         raise click.ClickException(str(e)) from e
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import runtime
 from runtime.batching import BatchEngine, CompletionRequest, QueueFullError, RequestHandle
 from runtime.manifest import Manifest
+from runtime.providers import check_provider
 from runtime.tokenizer import Tokenizer, TokenizerNotFoundError
 
 from .config import ServeConfig
@@ -54,6 +55,7 @@ class Service:
                 f"{config.folder} holds the {self.manifest.head!r} head: serving completions needs an lm export "
                 "(re-export with --head lm)"
             )
+        check_provider(config.provider)  # before anything listens: a CPU-only onnxruntime cannot serve --provider cuda
         self.name = config.served_name
         self.created = int(time.time())
         self.status = "loading"
@@ -202,7 +204,12 @@ class Service:
         limit = self.max_model_len
         if n + max_tokens > limit:
             room = limit - n
-            fix = f"set max_tokens <= {room}" if room >= 1 else f"shorten it below {limit} tokens"
+            if room >= 1:
+                fix = f"set max_tokens <= {room}"
+            elif max_tokens < limit:
+                fix = f"shorten it to {limit - max_tokens} tokens or fewer, or lower max_tokens"
+            else:
+                fix = f"shorten it and set max_tokens below {limit}"
             raise bad("max_tokens", f"{where} of {n} tokens + max_tokens {max_tokens} = {n + max_tokens} exceeds the "
                                     f"context length {self._length_name} {limit}: {fix}")
 

@@ -46,6 +46,9 @@ def test_health_models_and_unknown_routes(server):
     assert missing.status_code == 404 and "no route /v1/nothing" in missing.json()["error"]["message"]
     wrong = httpx.get(f"{server.url}/v1/completions")
     assert wrong.status_code == 405 and "GET is not allowed" in wrong.json()["error"]["message"]
+    chat = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi"}]})
+    assert chat.status_code == 404
+    assert "without a chat template: send a prompt to /v1/completions" in chat.json()["error"]["message"]
 
 
 def test_health_is_503_until_the_model_is_loaded(serve_exports):
@@ -254,7 +257,9 @@ BAD_REQUESTS = [
     ({"prompt": [[1], [2, -1]]}, 400, "prompt[1]: token id -1 is out of range"),
     ({"prompt": [1] * 60, "max_tokens": 10}, 400, "prompt of 60 tokens + max_tokens 10 = 70 exceeds the context "
                                                   "length n_positions 64: set max_tokens <= 4"),
-    ({"prompt": [1] * 70, "max_tokens": 1}, 400, "shorten it below 64 tokens"),
+    ({"prompt": [1] * 70, "max_tokens": 1}, 400, "shorten it to 63 tokens or fewer, or lower max_tokens"),
+    ({"prompt": [1] * 70, "max_tokens": 3}, 400, "shorten it to 61 tokens or fewer"),
+    ({"prompt": [1] * 70, "max_tokens": 64}, 400, "shorten it and set max_tokens below 64"),
     ({"prompt": [1], "max_tokens": 0}, 400, "max_tokens=0 is below the minimum 1"),
     ({"prompt": [1], "max_tokens": "5"}, 400, "max_tokens must be an integer, got string '5'"),
     ({"prompt": [1], "max_tokens": True}, 400, "max_tokens must be an integer, got boolean"),

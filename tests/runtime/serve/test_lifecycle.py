@@ -179,3 +179,15 @@ def test_an_idle_keep_alive_connection_outlives_uvicorns_5_s_default_and_closes_
         assert default.stop() == 0 and short.stop() == 0
     finally:
         default.kill(), short.kill()
+
+
+def test_a_provider_this_onnxruntime_lacks_fails_before_listening(serve_exports):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime offers CUDA: the refusal needs a CPU-only build")
+    port = free_port()
+    run = subprocess.run([sys.executable, "-m", "runtime.serve", str(serve_exports["lm-shared"]), "--port", str(port),
+                          "--provider", "cuda"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and run.stderr.startswith("Error: provider 'cuda' needs CUDAExecutionProvider")
+    assert "serving" not in run.stderr  # nothing listened

@@ -161,13 +161,8 @@ class BatchEngine:
             raise ValueError(f"serving needs an lm export, not {model.manifest.head!r}: re-export with --head lm")
         self.model = model
         self.shape = model.manifest.shape
-        n_positions = self.shape.n_positions
-        if max_length is not None and not 2 <= max_length <= n_positions:
-            raise ValueError(f"max_length={max_length} must be in [2, n_positions {n_positions}]: the model has "
-                             f"no position embeddings past {n_positions}")
         # Longest prompt + completion; the batch cache holds max_batch rows of this many positions.
-        self.max_length = max_length or n_positions
-        self._length_name = "n_positions" if max_length is None else "max_model_len"
+        self.max_length, self._length_name = self.shape.n_positions, "n_positions"
         self.max_batch, self.max_queue = max_batch, max_queue
         # The batch cache is host memory bound by pointer: on a GPU provider, requests interleave on their own
         # device-resident decoders instead (same tokens, no batching speed-up) until a device batch cache exists.
@@ -181,12 +176,24 @@ class BatchEngine:
         self._thread: threading.Thread | None = None
         self._cache: SharedKVCache | None = None
         self._steps = self._tokens = self._last_batch = 0
+        if max_length is not None:
+            self.cap_length(max_length)
 
     # ---- public API ------------------------------------------------------------------------------
 
     @property
     def accepting(self) -> bool:
         return self._accepting
+
+    def cap_length(self, max_length: int) -> None:
+        """Serve at most max_length positions (prompt + completion); call before start(), which sizes the cache."""
+        n_positions = self.shape.n_positions
+        if not isinstance(max_length, int) or isinstance(max_length, bool) or not 2 <= max_length <= n_positions:
+            raise ValueError(f"max_length={max_length!r} must be an integer in [2, n_positions {n_positions}]: the "
+                             f"model has no position embeddings past {n_positions}")
+        if self._cache is not None:
+            raise RuntimeError("cap_length() after start(): the batch cache is already allocated at full length")
+        self.max_length, self._length_name = max_length, "max_length"
 
     def start(self) -> None:
         """Allocate the batch cache (in-place exports) and start the engine thread."""

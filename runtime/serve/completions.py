@@ -172,14 +172,21 @@ class CompletionRun:
     # ---- responses -------------------------------------------------------------------------------
 
     def _token_text(self, token: int) -> str:
-        """One token's text in logprobs (a piece of a UTF-8 character shows as U+FFFD)."""
+        """One token's text in logprobs; a piece of a UTF-8 character is `bytes:\\xNN...`, as OpenAI writes it.
+
+        Distinct byte tokens then stay distinct keys of top_logprobs (as U+FFFD they would collapse into one).
+        """
         tokenizer = self.service.tokenizer
         if tokenizer is None:
             return f"token_id:{token}"
         try:
-            return tokenizer.token_bytes(token).decode("utf-8", errors="replace")
+            raw = tokenizer.token_bytes(token)
         except ValueError:  # an id the vocabulary does not assign
             return f"token_id:{token}"
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return "bytes:" + "".join(f"\\x{byte:02x}" for byte in raw)
 
     def _prompt_offsets(self, prompt: PreparedPrompt) -> list[int]:
         """Where each prompt token starts in the echoed prompt text, counted as generated tokens' offsets are."""

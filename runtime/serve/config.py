@@ -48,12 +48,14 @@ class ServeConfig:
         if self.max_model_len is not None and (not isinstance(self.max_model_len, int)
                                                or isinstance(self.max_model_len, bool) or self.max_model_len < 2):
             raise ValueError(f"max_model_len={self.max_model_len!r} must be an integer >= 2 (prompt + 1 token)")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"threads={self.threads} must be >= 1, or unset to use every core")
-        if self.drain_timeout < 0:
-            raise ValueError(f"drain_timeout={self.drain_timeout} must be >= 0 seconds")
-        if not self.keep_alive_timeout > 0:
-            raise ValueError(f"keep_alive_timeout={self.keep_alive_timeout} must be > 0 seconds")
+        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
+                                         or self.threads < 1):
+            raise ValueError(f"threads={self.threads!r} must be an integer >= 1, or unset to use every core")
+        for name, low, inclusive in (("drain_timeout", 0, True), ("keep_alive_timeout", 0, False)):
+            value = getattr(self, name)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if not number or value < low or (value == low and not inclusive):
+                raise ValueError(f"{name}={value!r} must be a number of seconds {'>=' if inclusive else '>'} {low}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("the API key is empty: pass a non-empty --api-key, or none to serve without one")
 

@@ -31,9 +31,9 @@ log = logging.getLogger("runtime.serve")
 EngineFactory = Callable[[runtime.Model, int, int], BatchEngine]
 
 
-def default_engine(model: runtime.Model, max_batch: int, max_queue: int, max_length: int | None = None) -> BatchEngine:
-    """The continuous-batching engine (max_length: the service's max_model_len, None for n_positions)."""
-    return BatchEngine(model, max_batch=max_batch, max_queue=max_queue, max_length=max_length)
+def default_engine(model: runtime.Model, max_batch: int, max_queue: int) -> BatchEngine:
+    """The continuous-batching engine."""
+    return BatchEngine(model, max_batch=max_batch, max_queue=max_queue)
 
 
 @dataclass(frozen=True)
@@ -87,10 +87,9 @@ class Service:
         started = time.perf_counter()
         try:
             model = runtime.load(self.config.folder, provider=self.config.provider, threads=self.config.threads)
-            if self._engine_factory is default_engine:
-                engine = default_engine(model, self.config.max_batch, self.config.max_queue, self.config.max_model_len)
-            else:
-                engine = self._engine_factory(model, self.config.max_batch, self.config.max_queue)
+            engine = self._engine_factory(model, self.config.max_batch, self.config.max_queue)
+            if self.config.max_model_len is not None:  # before start(): the batch cache is sized by it
+                engine.cap_length(self.config.max_model_len)
             engine.start()
         except Exception as e:
             self.status, self.error = "failed", f"{type(e).__name__}: {e}"

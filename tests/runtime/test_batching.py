@@ -218,7 +218,7 @@ def test_a_max_length_engine_holds_that_many_positions_and_gives_the_same_tokens
     try:
         handles = [engine.submit(CompletionRequest(tuple(p), 16 - len(p))) for p in PROMPTS[:3]]
         results = [[e.token_id for e in _collect(h) if e.token_id is not None] for h in handles]
-        with pytest.raises(ValueError, match="prompt of 8 tokens \\+ max_tokens 9 = 17 exceeds max_model_len 16"):
+        with pytest.raises(ValueError, match="prompt of 8 tokens \\+ max_tokens 9 = 17 exceeds max_length 16"):
             engine.submit(CompletionRequest(tuple(PROMPTS[2]), 9))
     finally:
         engine.shutdown()
@@ -232,5 +232,18 @@ def test_a_max_length_engine_holds_that_many_positions_and_gives_the_same_tokens
 
 @pytest.mark.parametrize("max_length", [1, 65])
 def test_a_max_length_outside_the_models_positions_is_refused(model, max_length):
-    with pytest.raises(ValueError, match=f"max_length={max_length} must be in \\[2, n_positions 64\\]"):
+    with pytest.raises(ValueError, match=f"max_length={max_length} must be an integer in \\[2, n_positions 64\\]"):
         BatchEngine(model, max_length=max_length)
+
+
+def test_the_length_is_capped_before_the_cache_exists_or_not_at_all(model):
+    engine = BatchEngine(model, max_batch=1)
+    engine.cap_length(20)
+    engine.start()
+    try:
+        if engine.batched:
+            assert engine._cache.max_length == 20
+            with pytest.raises(RuntimeError, match="cap_length\\(\\) after start\\(\\)"):
+                engine.cap_length(10)
+    finally:
+        engine.shutdown()

@@ -191,8 +191,14 @@ def test_logprobs_are_reported_for_each_token(server):
     logprobs = choice["logprobs"]
     assert len(logprobs["tokens"]) == len(logprobs["token_logprobs"]) == len(logprobs["text_offset"]) == 6
     assert all(v <= 0 for v in logprobs["token_logprobs"])
-    assert "".join(logprobs["tokens"]) == choice["text"] or "\ufffd" in choice["text"]
+    assert _token_bytes(logprobs["tokens"]).decode("utf-8", "replace") == choice["text"]
     assert logprobs["top_logprobs"] is None
+
+
+def _token_bytes(tokens: list[str]) -> bytes:
+    """The bytes logprobs' token strings stand for: text, or OpenAI's `bytes:\\xNN` for pieces of a character."""
+    return b"".join(bytes.fromhex(t[6:].replace("\\x", "")) if t.startswith("bytes:") else t.encode()
+                    for t in tokens)
 
 
 def test_top_logprobs_hold_the_most_likely_tokens_and_the_chosen_one(server):
@@ -208,12 +214,22 @@ def test_top_logprobs_hold_the_most_likely_tokens_and_the_chosen_one(server):
     assert [t for chunk in streamed for t in chunk] == logprobs["top_logprobs"]
 
 
-def test_echoed_prompt_offsets_count_characters_as_the_completion_does(server):
+def test_echoed_prompt_offsets_count_characters_as_the_completion_does(server, reference_model):
     """A character split over byte tokens adds its length once, not once per token's U+FFFD."""
-    choice = post(server.url, {"prompt": "日本語の", "max_tokens": 3, "temperature": 0, "echo": True,
+    prompt = "日本語の"
+    choice = post(server.url, {"prompt": prompt, "max_tokens": 3, "temperature": 0, "echo": True,
                                "logprobs": 0}).json()["choices"][0]
+    ids = reference_model.tokenizer.encode(prompt)
+    decoder, expected, length = reference_model.tokenizer.stream_decoder(), [], 0
+    for token in ids:  # where each token's text starts once its character is complete
+        expected.append(length)
+        length += len(decoder.feed(token))
+    assert length == len(prompt) and len(ids) > len(prompt)  # some characters span several byte tokens
     offsets = choice["logprobs"]["text_offset"]
-    assert offsets == sorted(offsets) and offsets[0] == 0 and offsets[-1] <= len(choice["text"]), offsets
+    assert offsets[: len(ids)] == expected and offsets[len(ids)] == len(prompt), offsets
+    tokens = choice["logprobs"]["tokens"][: len(ids)]
+    assert any(t.startswith("bytes:\\x") for t in tokens), tokens  # pieces of a character, as OpenAI writes them
+    assert _token_bytes(tokens).decode("utf-8") == prompt
 
 
 def test_stream_usage_is_null_in_every_chunk_but_the_last(server):
@@ -329,6 +345,8 @@ def test_max_model_len_bounds_prompt_plus_completion_and_the_batch_cache(start_s
     fits = post(server.url, {"prompt": [5, 17, 42], "max_tokens": 21, "temperature": 0, "return_token_ids": True})
     assert fits.json()["choices"][0]["token_ids"] == alone(reference_model, [5, 17, 42], 21)
     assert server.service.engine._cache.max_length == 24  # 2 rows x 24 positions, not 2 x n_positions 64
+    custom = start_server(serve_exports["lm-shared"], engine_factory=slow_engine(0.0), max_batch=2, max_model_len=24)
+    assert custom.service.engine._cache.max_length == 24  # an engine factory of one's own is capped the same way
 
 
 def test_a_max_model_len_beyond_n_positions_is_refused_at_start(serve_exports):

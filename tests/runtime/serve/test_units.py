@@ -95,9 +95,13 @@ def test_sse_events_are_one_data_line():
     (dict(max_model_len=1), "max_model_len=1 must be an integer >= 2"),
     (dict(max_batch=True), "max_batch=True must be an integer >= 1"),
     (dict(port=70000), "port=70000 is not a TCP port"),
-    (dict(threads=0), "threads=0 must be >= 1"),
-    (dict(drain_timeout=-1.0), "drain_timeout=-1.0 must be >= 0 seconds"),
-    (dict(keep_alive_timeout=0.0), "keep_alive_timeout=0.0 must be > 0 seconds"),
+    (dict(threads=0), "threads=0 must be an integer >= 1"),
+    (dict(threads="2"), "threads='2' must be an integer >= 1"),
+    (dict(drain_timeout=-1.0), "drain_timeout=-1.0 must be a number of seconds >= 0"),
+    (dict(drain_timeout=None), "drain_timeout=None must be a number of seconds >= 0"),
+    (dict(keep_alive_timeout=0.0), "keep_alive_timeout=0.0 must be a number of seconds > 0"),
+    (dict(keep_alive_timeout="5"), "keep_alive_timeout='5' must be a number of seconds > 0"),
+    (dict(max_model_len="64"), "max_model_len='64' must be an integer >= 2"),
     (dict(api_key="  "), "the API key is empty"),
 ])
 def test_a_bad_setting_is_refused_naming_it(settings, message):

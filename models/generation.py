@@ -175,19 +175,29 @@ def with_options(config: GenerationConfig, options: dict[str, object]) -> Genera
     return dataclasses.replace(config, **options)
 
 
-def resolve_length(config: GenerationConfig, prompt_len: int) -> GenerationConfig:
+def resolve_length(config: GenerationConfig, prompt_len: int, n_positions: int | None = None) -> GenerationConfig:
     """config with max_new_tokens set from max_new_tokens, max_length or the default, as transformers does."""
     if config.max_new_tokens is not None:
         new = config.max_new_tokens
     elif config.max_length is not None:
+        if n_positions is not None and config.max_length > n_positions:
+            raise ValueError(f"max_length={config.max_length} exceeds n_positions {n_positions}: lower max_length "
+                             f"to {n_positions} or fewer (it counts the prompt)")
         new = config.max_length - prompt_len
         if new < 1:
             raise ValueError(
                 f"input_ids has {prompt_len} tokens but max_length={config.max_length}, which counts the prompt: "
                 f"raise max_length above {prompt_len}, or set max_new_tokens (new tokens only)"
             )
-    else:
-        new = DEFAULT_MAX_NEW_TOKENS
+    else:  # transformers: max_length 20 counted from the prompt's end, capped at the position table
+        room = n_positions - prompt_len if n_positions is not None else DEFAULT_MAX_NEW_TOKENS
+        new = min(DEFAULT_MAX_NEW_TOKENS, room)
+        if new < 1:
+            raise ValueError(f"input_ids has {prompt_len} tokens, which fills n_positions {n_positions}: shorten "
+                             f"the prompt below {n_positions} tokens")
+    if config.min_new_tokens > new:  # a length set by max_length or the position table, not by max_new_tokens
+        raise ValueError(f"min_new_tokens={config.min_new_tokens} exceeds the {new} new tokens left after a "
+                         f"{prompt_len}-token prompt: lower min_new_tokens or allow more tokens")
     return dataclasses.replace(config, max_new_tokens=new, max_length=None)
 
 
@@ -552,7 +562,7 @@ class GenerationMixin:
         model_config = self.config
         eos, pad = _special_tokens(config, model_config)
         _check_inputs(model_config, config, input_ids, attention_mask)
-        config = resolve_length(config, input_ids.shape[1])
+        config = resolve_length(config, input_ids.shape[1], model_config.n_positions)
         _check_length(model_config, config, input_ids.shape[1])
         device = self.device
         input_ids = input_ids.to(device)

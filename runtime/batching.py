@@ -59,8 +59,8 @@ class TokenEvent:
 
 
 PREFILL_CHUNK = 16  # prompt tokens prefilled per decode step while other requests decode (batched mode)
-# Temperatures below this decode greedily (vLLM's rule): dividing float32 logits by a tinier one overflows to inf and
-# NaN probabilities, which drew token 0 whatever the logits.
+# Temperatures below this decode greedily (vLLM's rule): they are greedy in effect, and one far smaller (1e-300 rounds
+# to 0 in float32) divides the logits to inf / NaN.
 GREEDY_BELOW = 1e-5
 
 

@@ -214,19 +214,29 @@ class GenerationOptions:
                      for key, value in overrides.items()}
         return dataclasses.replace(self, **overrides)
 
-    def resolved(self, prompt_len: int) -> GenerationOptions:
+    def resolved(self, prompt_len: int, n_positions: int | None = None) -> GenerationOptions:
         """A copy with max_new_tokens set from max_new_tokens, max_length or the default, as transformers does."""
         if self.max_new_tokens is not None:
             new = self.max_new_tokens
         elif self.max_length is not None:
+            if n_positions is not None and self.max_length > n_positions:
+                raise ValueError(f"max_length={self.max_length} exceeds n_positions {n_positions}: lower max_length "
+                                 f"to {n_positions} or fewer (it counts the prompt)")
             new = self.max_length - prompt_len
             if new < 1:
                 raise ValueError(
                     f"input_ids has {prompt_len} tokens but max_length={self.max_length}, which counts the prompt: "
                     f"raise max_length above {prompt_len}, or set max_new_tokens (new tokens only)"
                 )
-        else:
-            new = DEFAULT_MAX_NEW_TOKENS
+        else:  # transformers: max_length 20 counted from the prompt's end, capped at the position table
+            room = n_positions - prompt_len if n_positions is not None else DEFAULT_MAX_NEW_TOKENS
+            new = min(DEFAULT_MAX_NEW_TOKENS, room)
+            if new < 1:
+                raise ValueError(f"input_ids has {prompt_len} tokens, which fills n_positions {n_positions}: shorten "
+                                 f"the prompt below {n_positions} tokens")
+        if self.min_new_tokens > new:  # a length set by max_length or the position table, not by max_new_tokens
+            raise ValueError(f"min_new_tokens={self.min_new_tokens} exceeds the {new} new tokens left after a "
+                             f"{prompt_len}-token prompt: lower min_new_tokens or allow more tokens")
         return dataclasses.replace(self, max_new_tokens=new, max_length=None)
 
 
@@ -289,7 +299,7 @@ def min_new_tokens_filter(
     """-inf on the eos ids while fewer than min_new_tokens tokens are new (MinNewTokensLengthLogitsProcessor)."""
     out = scores.copy()
     if input_ids.shape[-1] - prompt_len < min_new_tokens:
-        out[:, eos] = -np.inf
+        out[:, eos[eos < out.shape[-1]]] = -np.inf  # an eos id past the vocabulary has no score to block
     return out
 
 
@@ -431,7 +441,14 @@ def _draw(scores: np.ndarray, rng: np.random.Generator, step: int) -> np.ndarray
             f"rows {empty} have no token left to sample at step {step}: the logits processors set every score "
             "to -inf; relax no_repeat_ngram_size / repetition_penalty or check the decoder's logits"
         )
-    return _sample(_softmax(scores), 1, rng)[:, 0]
+    probs = _softmax(scores)
+    bad = np.flatnonzero(~np.isfinite(probs).all(axis=-1)).tolist()
+    if bad:  # transformers raises too ("probability tensor contains either inf, nan or element < 0")
+        raise ValueError(
+            f"rows {bad} have no valid distribution to sample at step {step}: the scaled scores overflowed float32 "
+            "(a temperature far below 1e-5 divides them to inf); raise the temperature or use do_sample=False"
+        )
+    return _sample(probs, 1, rng)[:, 0]
 
 
 def _gather_beams(tensor: np.ndarray, indices: np.ndarray) -> np.ndarray:

@@ -484,3 +484,19 @@ def test_none_turns_an_option_off_as_in_transformers(lm, batch, off):
     b = theirs.generate(batch[0], attention_mask=batch[1], max_new_tokens=6, do_sample=True, **off)
     assert_same_tokens(a, b)
     assert_same_tokens(*both(lm, *batch, max_new_tokens=6, do_sample=None))  # greedy
+
+
+def test_the_default_length_stops_at_the_position_table_as_in_transformers(lm):
+    ids = torch.randint(0, EOS, (1, 55), generator=torch.Generator().manual_seed(4))
+    ours, theirs = both(lm, ids, None, eos_token_id=None)
+    assert_same_tokens(ours, theirs)
+    assert ours.shape[1] == 64  # 9 new tokens, not 20
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (dict(max_length=100), r"max_length=100 exceeds n_positions 64: lower max_length to 64 or fewer"),
+    (dict(max_length=9, min_new_tokens=5), r"min_new_tokens=5 exceeds the 4 new tokens left after a 5-token prompt"),
+])
+def test_length_errors_name_the_option_that_was_given(lm, options, message):
+    with pytest.raises(ValueError, match=message):
+        lm[0].generate(torch.ones(1, 5, dtype=torch.long), **options)

@@ -589,7 +589,8 @@ def test_bad_inputs_raise(model, input_ids, mask, named) -> None:
 
 def test_an_eos_id_past_the_vocabulary_never_ends_a_row_as_in_transformers(model) -> None:
     # Small test configs keep GPT-2's eos 50256: transformers generates, it just never stops on it.
-    for options in (dict(max_new_tokens=4), dict(max_new_tokens=4, num_beams=2), dict(max_length=9)):
+    for options in (dict(max_new_tokens=4), dict(max_new_tokens=4, num_beams=2), dict(max_length=9),
+                    dict(max_new_tokens=4, min_new_tokens=2)):
         out = assert_same_tokens(model, BATCH, BATCH_MASK, eos=50256, **options)
         assert out.shape[1] == BATCH.shape[1] + (options.get("max_new_tokens") or 9 - BATCH.shape[1])
 
@@ -634,3 +635,9 @@ def test_bad_decoder_output_raises() -> None:
         generate(OneRowOfLogits(np.zeros(5)), prompt, None, options, eos_token_id=None, pad_token_id=None)
     with pytest.raises(ValueError, match=r"NaN or \+inf logits for rows \[0, 1\] at step 0"):
         generate(FixedLogits(np.array([0.0, np.nan])), prompt, None, options, eos_token_id=None, pad_token_id=None)
+
+
+def test_a_temperature_that_overflows_the_scores_is_an_error_not_token_0(model) -> None:
+    # transformers raises as well ("probability tensor contains either inf, nan or element < 0")
+    with pytest.raises(ValueError, match="no valid distribution to sample at step 0: the scaled scores overflowed"):
+        ours(model, PROMPT, None, max_new_tokens=3, do_sample=True, temperature=1e-300, seed=0)

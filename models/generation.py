@@ -465,15 +465,17 @@ def _special_tokens(config: GenerationConfig, model_config) -> tuple[list[int] |
     if isinstance(eos, int):
         eos = [eos]
     eos = list(eos) if eos else None
-    if pad is None and eos is not None:
+    defaulted = pad is None and eos is not None
+    if defaulted:
         pad = eos[0]
     # An eos id past the vocabulary can never be generated, so it never ends a row (transformers runs too: a
     # small test config keeps GPT-2's eos 50256). pad is fed back for finished rows, so it must be a real token
     # as soon as some eos id can finish a row.
     if pad is not None and not 0 <= pad < vocab_size and any(0 <= t < vocab_size for t in eos or []):
         raise ValueError(
-            f"pad_token_id {pad} is out of range for vocab_size {vocab_size}: rows that end on an eos id are fed "
-            f"it afterwards; pass pad_token_id in [0, {vocab_size})"
+            f"pad_token_id {pad}{' (the first eos id: no pad_token_id was set)' if defaulted else ''} is out of "
+            f"range for vocab_size {vocab_size}: rows that end on an eos id are fed it afterwards; pass "
+            f"pad_token_id in [0, {vocab_size})"
         )
     return eos, pad
 

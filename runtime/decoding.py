@@ -518,9 +518,10 @@ def _check_vocab(vocab: int, input_ids: np.ndarray, eos: np.ndarray | None, pad:
     for name, token in named:
         if token >= vocab:
             fed = ": rows that end on an eos id are fed it afterwards;" if name == "pad_token_id" else ":"
+            unset = " (without a pad_token_id it is the first eos id: pass one)" if name == "pad_token_id" else ""
             raise ValueError(
                 f"{name} {token} is out of range for vocab_size {vocab} (the decoder's logits width){fed} "
-                f"use token ids in [0, {vocab})"
+                f"use token ids in [0, {vocab}){unset}"
             )
 
 

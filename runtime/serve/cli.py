@@ -41,7 +41,7 @@ def serve_options(fn: Callable) -> Callable:
                      help="On SIGTERM, seconds in-flight requests get to finish."),
         click.option("--keep-alive-timeout", type=click.FloatRange(min=0, min_open=True), default=75.0,
                      show_default=True, help="Seconds an idle HTTP keep-alive connection stays open; keep it above "
-                     "the idle timeout of the proxy or load balancer in front."),
+                     "the idle timeout of the proxy or load balancer in front (uvicorn; Ray's proxy has its own)."),
         click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]),
                      default="info", show_default=True),
         click.option("--ray", "use_ray", is_flag=True, help="Serve as a Ray Serve deployment (the ray extra)."),

@@ -424,7 +424,8 @@ BAD_INPUTS = {
         _long(1, 4),
         None,
         dict(eos_token_id=[150, 5], pad_token_id=None),
-        r"pad_token_id 150 is out of range for vocab_size 99: rows that end on an eos id are fed it",
+        r"pad_token_id 150 \(the first eos id: no pad_token_id was set\) is out of range for vocab_size 99: rows "
+        r"that end on an eos id are fed it",
     ),
     "max_length within the prompt": (
         _long(2, 6),

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.manifest import Manifest
-from runtime.tokenizer import ADDED_TOKENS, ENDOFTEXT, bytes_to_unicode
+from runtime.tokenizer import ADDED_TOKENS, ENDOFTEXT, bytes_to_unicode, merge_added_tokens, read_added_tokens
 
 GENAI_CONFIG = "genai_config.json"
 TOKENIZER_JSON = "tokenizer.json"
@@ -173,8 +173,8 @@ def _vocab_from_bpe_files(folder: Path) -> tuple[dict[str, int], list[str], dict
     merges = [line for n, line in enumerate(lines) if line.strip() and not (n == 0 and line.startswith("#version"))]
     built = set(bytes_to_unicode().values()) | {"".join(m.split()) for m in merges}
     added = {token: token_id for token, token_id in vocab.items() if token not in built}
-    if (folder / ADDED_TOKENS).is_file():  # tokenizer.add_tokens / add_special_tokens
-        added.update(json.loads((folder / ADDED_TOKENS).read_text(encoding="utf-8")))
+    if (folder / ADDED_TOKENS).is_file():  # tokenizer.add_tokens / add_special_tokens, checked as runtime does
+        added = merge_added_tokens(added, read_added_tokens(folder / ADDED_TOKENS, 256 + len(merges)), folder)
     bpe = {token: token_id for token, token_id in vocab.items() if token in built}
     return bpe, merges, added
 

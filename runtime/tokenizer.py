@@ -125,7 +125,7 @@ def _split_vocab(vocab: dict[str, int], ranks: dict[bytes, int], source: Path) -
     return added
 
 
-def _read_added(path: Path, n_ranks: int) -> dict[str, int]:
+def read_added_tokens(path: Path, n_ranks: int) -> dict[str, int]:
     """added_tokens.json: token text -> id, every id past the BPE ranks."""
     try:
         added = json.loads(path.read_text(encoding="utf-8"))
@@ -142,7 +142,7 @@ def _read_added(path: Path, n_ranks: int) -> dict[str, int]:
     return added
 
 
-def _merge_added(vocab_added: dict[str, int], file_added: dict[str, int], source) -> dict[str, int]:
+def merge_added_tokens(vocab_added: dict[str, int], file_added: dict[str, int], source: str | Path) -> dict[str, int]:
     """vocab.json's added tokens and added_tokens.json's, which must agree where they overlap."""
     merged = dict(vocab_added)
     for token, token_id in file_added.items():
@@ -221,7 +221,7 @@ class Tokenizer:
             )
         added = _split_vocab(vocab, ranks, vocab_json)
         if added_tokens_json is not None:
-            added = _merge_added(added, _read_added(Path(added_tokens_json), len(ranks)), added_tokens_json)
+            added = merge_added_tokens(added, read_added_tokens(Path(added_tokens_json), len(ranks)), added_tokens_json)
         return cls(ranks, added, name=f"bpe:{vocab_json.parent.name}")
 
     @classmethod

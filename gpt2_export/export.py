@@ -178,6 +178,21 @@ def check_head_matches(ref: ReferenceModel, head: str) -> None:
         )
 
 
+def check_choice_scores(model: models.GPT2PreTrainedModel, head: str) -> None:
+    """Refuse a double-heads model whose multiple-choice head gives a vector per choice, not one logit."""
+    if head != "double-heads":
+        return
+    summary = model.multiple_choice_head.summary
+    width = summary.out_features if isinstance(summary, torch.nn.Linear) else model.config.n_embd
+    if width != 1:
+        c = model.config
+        raise ExportError(
+            f"the multiple-choice head gives {width} values per choice (summary_use_proj={c.summary_use_proj}, "
+            f"summary_proj_to_labels={c.summary_proj_to_labels}), but a double-heads export scores each choice with "
+            "one logit (mc_logits (batch, choices)): export --head lm or --head base of this checkpoint instead"
+        )
+
+
 def _dummy_inputs(head: str, model: models.GPT2PreTrainedModel) -> tuple[torch.Tensor, ...]:
     """Small example inputs with a non-empty past, so every axis is traced as dynamic."""
     batch, new, past = 2, 3, 2
@@ -254,7 +269,11 @@ def build_graph(reference: models.GPT2PreTrainedModel, options: ExportOptions, o
                                               lm_head_as_matmul=options.weights != "float")
             return "fused", proto, contract
         except FusedGraphError as e:
-            if options.variant == "fused" or options.kv_cache != "growing" or options.weights != "float":
+            fused_only = [f"--kv-cache {options.kv_cache}"] * (options.kv_cache != "growing")
+            fused_only += [f"--weights {options.weights}"] * (options.weights != "float")
+            if fused_only and "--plain" in str(e):  # the plain graph takes neither: say so, or the advice goes round
+                raise ExportError(f"{e}, without {' and '.join(fused_only)} (fused graphs only)") from e
+            if options.variant == "fused" or fused_only:
                 raise ExportError(str(e)) from e
             report(f"note: {e}; exporting the plain graph instead")
     with stage("trace", report):
@@ -379,6 +398,7 @@ def export(
         ref = load_reference(str(model) if model is not None else None, HEAD_CLASSES[options.head])
         report(f"model: {ref.source}")
         check_head_matches(ref, options.head)
+        check_choice_scores(ref.model, options.head)
         reference = ref.model.float().eval()
     onnx_path = folder / MODEL_FILE
     variant, proto, contract = build_graph(reference, options, onnx_path, report)

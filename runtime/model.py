@@ -63,7 +63,8 @@ class Model:
 
     @property
     def pad_token_id(self) -> int | None:
-        """The configured pad id, else the (first) eos id, as transformers' generate falls back to."""
+        """The configured pad id, else the (first) eos id: what left-pads a batch of texts (generate() itself falls
+        back to the first eos id of its call, an eos_token_id option included, as transformers does)."""
         pad = self.manifest.shape.pad_token_id
         if pad is None:
             eos = self.eos_token_id
@@ -117,7 +118,7 @@ class Model:
         """Full sequences, prompt included: (batch * num_return_sequences, prompt + new), as transformers returns."""
         self._require_head(GENERATING_HEADS, "generate()")
         ids, mask = self._check_ids(input_ids, attention_mask)
-        opts = self._options(options).resolved(ids.shape[1])
+        opts = self._options(options).resolved(ids.shape[1], self.manifest.shape.n_positions)
         limit = self.manifest.shape.n_positions
         if ids.shape[1] + opts.max_new_tokens > limit:
             raise ValueError(
@@ -240,7 +241,15 @@ class Model:
     # ---- other heads -------------------------------------------------------------------------------
 
     def forward(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One raw call of the graph with an empty past filled in; returns every output by name."""
+        """One raw call of the graph with an empty past filled in; returns every output by name.
+
+        An in-place-cache export without a past runs through its decoder instead, which lays left-padded rows
+        out as GroupQueryAttention wants them: {"logits": (B, T, V)}, zeros at pad positions.
+        """
+        if self.manifest.kv_cache == "shared" and not any(name.startswith("past_key_values.") for name in feeds):
+            ids = feeds["input_ids"]
+            decoder = self.backend.decoder(ids.shape[0], ids.shape[1])
+            return {"logits": decoder.forward(ids, feeds["attention_mask"], feeds["position_ids"])}
         full = dict(feeds)
         rows = int(np.prod(feeds["input_ids"].shape[:-1]))
         shape = self.manifest.shape
@@ -249,6 +258,8 @@ class Model:
         for i in range(shape.n_layer):
             for kind in ("key", "value"):
                 full.setdefault(f"past_key_values.{i}.{kind}", np.zeros((rows, heads[i], 0, shape.head_dim), dtype))
+        if getattr(self.backend, "last_only", False):  # the session keeps 1 position for decoding: ask for every one
+            full.setdefault(LOGITS_TO_KEEP, np.zeros(1, dtype=np.int64))
         return self.backend.run(full)
 
     def classify(self, texts: str | list[str]) -> Classification:

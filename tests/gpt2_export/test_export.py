@@ -116,6 +116,15 @@ def test_double_heads_without_cls_index_keep_mc_token_ids_and_validate(tmp_path,
     assert [i.name for i in session.get_inputs()] == result.manifest.io.input_names()
 
 
+@pytest.mark.parametrize("summary", [dict(summary_use_proj=False), dict(summary_proj_to_labels=False)])
+def test_double_heads_without_one_logit_per_choice_are_refused(tmp_path, summary):
+    from tests.conftest import write_hf_checkpoint
+
+    checkpoint = write_hf_checkpoint(tmp_path / "ckpt", "double-heads", **summary)
+    with pytest.raises(ExportError, match="gives 32 values per choice.*export --head lm or --head base"):
+        export(checkpoint, tmp_path / "onnx", ExportOptions(head="double-heads"))
+
+
 @pytest.mark.parametrize("variant", ["fused", "plain"])
 def test_a_model_with_a_short_position_table_validates_within_it(tmp_path, variant):
     from tests.conftest import write_hf_checkpoint

@@ -89,6 +89,19 @@ def test_a_model_the_fused_graph_cannot_express_falls_back_to_plain(tmp_path):
         export(checkpoint, tmp_path / "forced", ExportOptions(variant="fused"))
 
 
+@pytest.mark.parametrize("options, dropped", [
+    (dict(kv_cache="shared"), "--kv-cache shared"),
+    (dict(weights="int8"), "--weights int8"),
+])
+def test_a_fused_only_option_on_a_model_only_plain_can_take_says_to_drop_it(tmp_path, options, dropped):
+    from tests.conftest import write_hf_checkpoint
+
+    checkpoint = write_hf_checkpoint(tmp_path / "silu", "lm", activation_function="silu")
+    # "export with --plain" alone would lead to "--plain ... would need the fused graph: drop --plain".
+    with pytest.raises(ExportError, match=f"no fused kernel: export with --plain, without {dropped}"):
+        export(checkpoint, tmp_path / "refused", ExportOptions(**options))
+
+
 def test_the_in_place_cache_refuses_a_head_dim_groupqueryattention_cannot_take(tmp_path):
     from tests.conftest import write_hf_checkpoint
 

@@ -305,7 +305,8 @@ def min_new_tokens_filter(
 
 def temperature_scale(scores: np.ndarray, temperature: float) -> np.ndarray:
     """scores / temperature (TemperatureLogitsWarper)."""
-    return scores / np.float32(temperature)
+    with np.errstate(divide="ignore", over="ignore"):  # a vanishing temperature: _draw names the problem
+        return scores / np.float32(temperature)
 
 
 def top_k_filter(scores: np.ndarray, top_k: int, min_tokens_to_keep: int = 1) -> np.ndarray:
@@ -441,7 +442,8 @@ def _draw(scores: np.ndarray, rng: np.random.Generator, step: int) -> np.ndarray
             f"rows {empty} have no token left to sample at step {step}: the logits processors set every score "
             "to -inf; relax no_repeat_ngram_size / repetition_penalty or check the decoder's logits"
         )
-    probs = _softmax(scores)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf scores: reported below, by name
+        probs = _softmax(scores)
     bad = np.flatnonzero(~np.isfinite(probs).all(axis=-1)).tolist()
     if bad:  # transformers raises too ("probability tensor contains either inf, nan or element < 0")
         raise ValueError(

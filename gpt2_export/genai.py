@@ -174,7 +174,8 @@ def _vocab_from_bpe_files(folder: Path) -> tuple[dict[str, int], list[str], dict
     built = set(bytes_to_unicode().values()) | {"".join(m.split()) for m in merges}
     added = {token: token_id for token, token_id in vocab.items() if token not in built}
     if (folder / ADDED_TOKENS).is_file():  # tokenizer.add_tokens / add_special_tokens, checked as runtime does
-        added = merge_added_tokens(added, read_added_tokens(folder / ADDED_TOKENS, 256 + len(merges)), folder)
+        source = folder / ADDED_TOKENS
+        added = merge_added_tokens(added, read_added_tokens(source, 256 + len(merges)), source)
     bpe = {token: token_id for token, token_id in vocab.items() if token in built}
     return bpe, merges, added
 

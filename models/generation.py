@@ -62,7 +62,7 @@ FROM_MODEL = _Default.FROM_MODEL  # eos / pad default: read from the model's con
 class GenerationConfig:
     """Decoding options, validated on construction; transformers' names and defaults."""
 
-    max_new_tokens: int | None = None  # None: max_length - prompt length if max_length is set, else 20
+    max_new_tokens: int | None = None  # None: max_length - prompt length if set, else 20 (fewer near n_positions)
     max_length: int | None = None  # prompt + new tokens; max_new_tokens wins when both are set (transformers)
     min_new_tokens: int = 0  # eos is blocked until this many tokens are new
     do_sample: bool = False
@@ -196,8 +196,13 @@ def resolve_length(config: GenerationConfig, prompt_len: int, n_positions: int |
             raise ValueError(f"input_ids has {prompt_len} tokens, which fills n_positions {n_positions}: shorten "
                              f"the prompt below {n_positions} tokens")
     if config.min_new_tokens > new:  # a length set by max_length or the position table, not by max_new_tokens
-        raise ValueError(f"min_new_tokens={config.min_new_tokens} exceeds the {new} new tokens left after a "
-                         f"{prompt_len}-token prompt: lower min_new_tokens or allow more tokens")
+        if config.max_new_tokens is None and config.max_length is not None:
+            why = (f"max_length={config.max_length} leaves after a {prompt_len}-token prompt: raise max_length to "
+                   f"{prompt_len + config.min_new_tokens} or lower min_new_tokens")
+        else:
+            why = (f"n_positions {n_positions} leaves after a {prompt_len}-token prompt: shorten the prompt or lower "
+                   "min_new_tokens")
+        raise ValueError(f"min_new_tokens={config.min_new_tokens} exceeds the {new} new tokens {why}")
     return dataclasses.replace(config, max_new_tokens=new, max_length=None)
 
 

@@ -191,8 +191,8 @@ class BatchEngine:
         if not isinstance(max_length, int) or isinstance(max_length, bool) or not 2 <= max_length <= n_positions:
             raise ValueError(f"max_length={max_length!r} must be an integer in [2, n_positions {n_positions}]: the "
                              f"model has no position embeddings past {n_positions}")
-        if self._cache is not None:
-            raise RuntimeError("cap_length() after start(): the batch cache is already allocated at full length")
+        if self._thread is not None or self._cache is not None:
+            raise RuntimeError("cap_length() after start(): the engine already runs (and its cache is allocated)")
         self.max_length, self._length_name = max_length, "max_length"
 
     def start(self) -> None:
@@ -436,15 +436,21 @@ class BatchEngine:
 
     def _emit(self, slot: int, active: _Active, logits: np.ndarray) -> None:
         """Choose the next token of one request, deliver it, and free the slot when the request ends."""
-        history = np.array([active.tokens], dtype=np.int64)
-        scores = logits[None, :]
-        for processor in active.processors:
-            scores = processor(history, scores)
-        if active.options.do_sample:
-            token = int(_draw(scores, active.rng, active.generated)[0])
-        else:
-            token = int(np.argmax(scores[0]))
-        logprob, top = self._logprobs(active.handle.request, logits, token)
+        try:
+            history = np.array([active.tokens], dtype=np.int64)
+            scores = logits[None, :]  # (1, V)
+            for processor in active.processors:
+                scores = processor(history, scores)
+            if active.options.do_sample:
+                token = int(_draw(scores, active.rng, active.generated)[0])
+            else:
+                token = int(np.argmax(scores[0]))
+            logprob, top = self._logprobs(active.handle.request, logits, token)
+        except Exception as e:  # this request's options failed on these logits: it ends, the others go on
+            self._slots[slot] = None
+            reason = f"{type(e).__name__}: {e}"
+            active.handle._deliver(TokenEvent(None, None, "error", time.perf_counter(), error=reason))
+            return
         active.tokens.append(token)
         active.generated += 1
         self._tokens += 1

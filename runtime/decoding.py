@@ -108,7 +108,7 @@ class GenerationOptions:
     eos_token_id / pad_token_id, when not None, override the model's ids passed to `generate`.
     """
 
-    max_new_tokens: int | None = None  # None: max_length - prompt length if max_length is set, else 20
+    max_new_tokens: int | None = None  # None: max_length - prompt length if set, else 20 (fewer near n_positions)
     max_length: int | None = None  # prompt + new tokens; max_new_tokens wins when both are set (transformers)
     min_new_tokens: int = 0  # eos is blocked until this many tokens are new
     do_sample: bool = False
@@ -235,8 +235,13 @@ class GenerationOptions:
                 raise ValueError(f"input_ids has {prompt_len} tokens, which fills n_positions {n_positions}: shorten "
                                  f"the prompt below {n_positions} tokens")
         if self.min_new_tokens > new:  # a length set by max_length or the position table, not by max_new_tokens
-            raise ValueError(f"min_new_tokens={self.min_new_tokens} exceeds the {new} new tokens left after a "
-                             f"{prompt_len}-token prompt: lower min_new_tokens or allow more tokens")
+            if self.max_new_tokens is None and self.max_length is not None:
+                why = (f"max_length={self.max_length} leaves after a {prompt_len}-token prompt: raise max_length to "
+                       f"{prompt_len + self.min_new_tokens} or lower min_new_tokens")
+            else:
+                why = (f"n_positions {n_positions} leaves after a {prompt_len}-token prompt: shorten the prompt or "
+                       "lower min_new_tokens")
+            raise ValueError(f"min_new_tokens={self.min_new_tokens} exceeds the {new} new tokens {why}")
         return dataclasses.replace(self, max_new_tokens=new, max_length=None)
 
 
@@ -442,6 +447,11 @@ def _draw(scores: np.ndarray, rng: np.random.Generator, step: int) -> np.ndarray
             f"rows {empty} have no token left to sample at step {step}: the logits processors set every score "
             "to -inf; relax no_repeat_ngram_size / repetition_penalty or check the decoder's logits"
         )
+    return _sample(_probabilities(scores, step), 1, rng)[:, 0]
+
+
+def _probabilities(scores: np.ndarray, step: int) -> np.ndarray:
+    """softmax(scores) (R, X) to sample from; ValueError naming the rows whose scores overflowed float32."""
     with np.errstate(invalid="ignore", over="ignore"):  # inf scores: reported below, by name
         probs = _softmax(scores)
     bad = np.flatnonzero(~np.isfinite(probs).all(axis=-1)).tolist()
@@ -450,7 +460,7 @@ def _draw(scores: np.ndarray, rng: np.random.Generator, step: int) -> np.ndarray
             f"rows {bad} have no valid distribution to sample at step {step}: the scaled scores overflowed float32 "
             "(a temperature far below 1e-5 divides them to inf); raise the temperature or use do_sample=False"
         )
-    return _sample(probs, 1, rng)[:, 0]
+    return probs
 
 
 def _gather_beams(tensor: np.ndarray, indices: np.ndarray) -> np.ndarray:
@@ -508,7 +518,8 @@ def _check_prompt(input_ids: np.ndarray, attention_mask: np.ndarray | None) -> t
     return input_ids.astype(np.int64), attention_mask.astype(np.int64)
 
 
-def _check_vocab(vocab: int, input_ids: np.ndarray, eos: np.ndarray | None, pad: int | None) -> None:
+def _check_vocab(vocab: int, input_ids: np.ndarray, eos: np.ndarray | None, pad: int | None,
+                 pad_from_eos: bool = False) -> None:
     """Token ids must index the logits the decoder returned.
 
     An eos id past the vocabulary is never generated, so it never ends a row (transformers runs too: small test
@@ -520,7 +531,8 @@ def _check_vocab(vocab: int, input_ids: np.ndarray, eos: np.ndarray | None, pad:
     for name, token in named:
         if token >= vocab:
             fed = ": rows that end on an eos id are fed it afterwards;" if name == "pad_token_id" else ":"
-            unset = " (without a pad_token_id it is the first eos id: pass one)" if name == "pad_token_id" else ""
+            defaulted = name == "pad_token_id" and pad_from_eos
+            unset = " (no pad_token_id was set, so it is the first eos id: pass one)" if defaulted else ""
             raise ValueError(
                 f"{name} {token} is out of range for vocab_size {vocab} (the decoder's logits width){fed} "
                 f"use token ids in [0, {vocab}){unset}"
@@ -597,6 +609,7 @@ class _Plan:
     processors: list[LogitsProcessor]
     rng: np.random.Generator | None
     on_tokens: Callable[[np.ndarray], None] | None
+    pad_from_eos: bool = False  # no pad_token_id was set: pad is the first eos id
 
 
 def _greedy_or_sample(feeder: _Feeder, input_ids: np.ndarray, plan: _Plan) -> np.ndarray:
@@ -611,7 +624,7 @@ def _greedy_or_sample(feeder: _Feeder, input_ids: np.ndarray, plan: _Plan) -> np
     while cur_len < max_length:
         logits = feeder.step(tokens, cur_len)  # (N, V)
         if cur_len == prompt_len:
-            _check_vocab(logits.shape[1], input_ids, eos, plan.pad)
+            _check_vocab(logits.shape[1], input_ids, eos, plan.pad, plan.pad_from_eos)
         scores = _process(plan.processors, tokens[:, :cur_len], logits)
         # (N,) a multinomial draw, or the first maximum as torch.argmax
         next_tokens = _draw(scores, plan.rng, cur_len - prompt_len) if options.do_sample else np.argmax(scores, -1)
@@ -656,13 +669,14 @@ def _beam_search(feeder: _Feeder, input_ids: np.ndarray, plan: _Plan) -> np.ndar
         flat = running[:, :, :cur_len].reshape(rows, cur_len)  # (N, T) a view
         logits = feeder.step(flat, cur_len)  # (N, V)
         if cur_len == prompt_len:
-            _check_vocab(logits.shape[1], input_ids, eos, plan.pad)
+            _check_vocab(logits.shape[1], input_ids, eos, plan.pad, plan.pad_from_eos)
         log_probs = _process(plan.processors, flat, _log_softmax(logits))  # (N, V)
         vocab = log_probs.shape[-1]
         totals = (log_probs.reshape(batch, beams, vocab) + running_scores[:, :, None]).reshape(batch, -1)
 
         # Top K continuations over all beams of a prompt (or K drawn without replacement): _get_top_k_continuations.
-        top_idx = _sample(_softmax(totals), keep, plan.rng) if options.do_sample else topk_indices(totals, keep)
+        top_idx = (_sample(_probabilities(totals, cur_len - prompt_len), keep, plan.rng) if options.do_sample
+                   else topk_indices(totals, keep))
         top_scores = np.take_along_axis(totals, top_idx, axis=1)  # (B, K)
         top_beams = top_idx // vocab  # (B, K)
         candidates = _gather_beams(running, top_beams)  # (B, K, L)
@@ -745,7 +759,8 @@ def generate(
     if pad is not None:
         _check_int("pad_token_id", pad, 0, "token ids are non-negative")
         pad = int(pad)
-    elif eos is not None:
+    pad_from_eos = pad is None and eos is not None
+    if pad_from_eos:
         pad = int(eos[0])  # transformers: "Setting `pad_token_id` to `eos_token_id` for open-end generation"
     if attention_mask is None:
         # transformers infers a mask only when pad is set, present in the prompt, and not an eos id.
@@ -758,7 +773,7 @@ def generate(
     rng = np.random.default_rng(options.seed) if options.do_sample else None
     processors = logits_processors(options, eos, input_ids.shape[1])
     streaming = on_tokens if options.num_beams == 1 else None
-    plan = _Plan(options, eos, pad, processors, rng, streaming)
+    plan = _Plan(options, eos, pad, processors, rng, streaming, pad_from_eos)
     feeder = _Feeder(decoder, attention_mask, options.max_new_tokens)
     if options.num_beams == 1:
         return _greedy_or_sample(feeder, input_ids, plan)

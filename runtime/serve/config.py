@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,10 @@ class ServeConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
                 raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
-        if not 0 <= self.port <= 65535:
-            raise ValueError(f"port={self.port} is not a TCP port: use 0-65535 (0 picks a free one)")
+        if not isinstance(self.port, int) or isinstance(self.port, bool) or not 0 <= self.port <= 65535:
+            raise ValueError(f"port={self.port!r} is not a TCP port: use an integer 0-65535 (0 picks a free one)")
+        if not isinstance(self.host, str) or not self.host:
+            raise ValueError(f"host={self.host!r} must be an address such as 127.0.0.1 or 0.0.0.0")
         if self.max_model_len is not None and (not isinstance(self.max_model_len, int)
                                                or isinstance(self.max_model_len, bool) or self.max_model_len < 2):
             raise ValueError(f"max_model_len={self.max_model_len!r} must be an integer >= 2 (prompt + 1 token)")
@@ -53,9 +56,11 @@ class ServeConfig:
             raise ValueError(f"threads={self.threads!r} must be an integer >= 1, or unset to use every core")
         for name, low, inclusive in (("drain_timeout", 0, True), ("keep_alive_timeout", 0, False)):
             value = getattr(self, name)
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
             if not number or value < low or (value == low and not inclusive):
                 raise ValueError(f"{name}={value!r} must be a number of seconds {'>=' if inclusive else '>'} {low}")
+        if self.api_key is not None and not isinstance(self.api_key, str):
+            raise ValueError(f"the API key must be a string, got {type(self.api_key).__name__}")
         if self.api_key is not None and not self.api_key.strip():
             raise ValueError("the API key is empty: pass a non-empty --api-key, or none to serve without one")
 

@@ -17,6 +17,7 @@ import pytest
 import runtime
 from gpt2_export.genai import GENAI_CONFIG, genai_config, tokenizer_files, write_genai_config
 from runtime.manifest import Manifest
+from runtime.tokenizer import ENDOFTEXT
 from tests.conftest import write_hf_checkpoint
 
 TEXTS = ["the cat sat on the mat.", "héllo wörld 日本語 🙂🎉 it's 1234", "  spaces   and\n\nnew lines\tTab", "Hello"]
@@ -141,3 +142,18 @@ def test_onnxruntime_genai_greedy_tokens_equal_ours(varied_exports, variant):
     tokenizer = og.Tokenizer(theirs)
     for text in TEXTS:
         assert tokenizer.encode(text).tolist() == ours.tokenizer.encode(text), text
+
+
+def test_added_tokens_reach_tokenizer_json_through_the_runtimes_checks(exports, tmp_path):
+    folder = tmp_path / "lm"
+    shutil.copytree(exports["lm"], folder)
+    (folder / "added_tokens.json").write_text(json.dumps({"<|pad|>": 317}))
+    assert [t["content"] for t in json.loads(_tokenizer_json(folder))["added_tokens"]] == [ENDOFTEXT, "<|pad|>"]
+    (folder / "added_tokens.json").write_text(json.dumps({"<|pad|>": 5}))
+    with pytest.raises(ValueError, match="added_tokens.json: added token '<\\|pad\\|>' has id 5; added ids must be"):
+        write_genai_config(folder)
+
+
+def _tokenizer_json(folder) -> str:
+    write_genai_config(folder)
+    return (folder / "tokenizer.json").read_text(encoding="utf-8")

@@ -496,8 +496,15 @@ def test_the_default_length_stops_at_the_position_table_as_in_transformers(lm):
 
 @pytest.mark.parametrize(("options", "message"), [
     (dict(max_length=100), r"max_length=100 exceeds n_positions 64: lower max_length to 64 or fewer"),
-    (dict(max_length=9, min_new_tokens=5), r"min_new_tokens=5 exceeds the 4 new tokens left after a 5-token prompt"),
+    (dict(max_length=9, min_new_tokens=5), r"min_new_tokens=5 exceeds the 4 new tokens max_length=9 leaves after a "
+                                           r"5-token prompt: raise max_length to 10"),
 ])
 def test_length_errors_name_the_option_that_was_given(lm, options, message):
     with pytest.raises(ValueError, match=message):
         lm[0].generate(torch.ones(1, 5, dtype=torch.long), **options)
+
+
+def test_min_new_tokens_past_the_position_table_says_to_shorten_the_prompt(lm):
+    with pytest.raises(ValueError, match=r"min_new_tokens=15 exceeds the 9 new tokens n_positions 64 leaves after a "
+                                         r"55-token prompt: shorten the prompt"):
+        lm[0].generate(torch.ones(1, 55, dtype=torch.long), min_new_tokens=15)

@@ -241,9 +241,35 @@ def test_the_length_is_capped_before_the_cache_exists_or_not_at_all(model):
     engine.cap_length(20)
     engine.start()
     try:
+        assert engine.max_length == 20
+        with pytest.raises(ValueError, match="= 21 exceeds max_length 20"):
+            engine.submit(CompletionRequest(tuple(PROMPTS[0]), 15))
         if engine.batched:
             assert engine._cache.max_length == 20
-            with pytest.raises(RuntimeError, match="cap_length\\(\\) after start\\(\\)"):
-                engine.cap_length(10)
+        with pytest.raises(RuntimeError, match="cap_length\\(\\) after start\\(\\)"):
+            engine.cap_length(10)
     finally:
         engine.shutdown()
+
+
+def test_a_request_whose_options_fail_on_its_logits_ends_alone(model, monkeypatch):
+    # e.g. a sampling distribution that overflows: that request gets an error event, the engine and the others go on
+    import runtime.batching as batching
+
+    def failing_draw(scores, rng, step):  # only sampling requests draw; greedy ones take the argmax
+        raise ValueError(f"rows [0] have no valid distribution to sample at step {step}")
+
+    monkeypatch.setattr(batching, "_draw", failing_draw)
+    engine = BatchEngine(model, max_batch=2, max_queue=4)
+    engine.start()
+    try:
+        sampled = engine.submit(CompletionRequest(tuple(PROMPTS[0]), 5, temperature=1.0, seed=1))
+        greedy = engine.submit(CompletionRequest(tuple(PROMPTS[1]), 4))
+        events = _collect(sampled)
+        tokens = [e.token_id for e in _collect(greedy) if e.token_id is not None]
+        again = _collect(engine.submit(CompletionRequest(tuple(PROMPTS[1]), 4)))  # the engine thread still runs
+    finally:
+        engine.shutdown()
+    assert events[-1].finish_reason == "error" and "no valid distribution" in events[-1].error, events
+    assert tokens and tokens == _alone(model, PROMPTS[1], max_new_tokens=4)[: len(tokens)]
+    assert [e.token_id for e in again if e.token_id is not None] == tokens

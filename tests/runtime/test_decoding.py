@@ -604,8 +604,10 @@ def test_max_length_counts_the_prompt_and_max_new_tokens_wins_as_in_transformers
 
 def test_ids_outside_the_logits_raise(model) -> None:
     with pytest.raises(ValueError, match="pad_token_id 99 is out of range for vocab_size 99 .*: rows that end on an "
-                                         "eos id are fed it afterwards"):
-        ours(model, PROMPT, None, max_new_tokens=2, eos=3, pad=99)
+                                         "eos id are fed it afterwards; use token ids in \\[0, 99\\)$"):
+        ours(model, PROMPT, None, max_new_tokens=2, eos=3, pad=99)  # a pad that was set: no hint about defaults
+    with pytest.raises(ValueError, match="pad_token_id 150 .* \\(no pad_token_id was set, so it is the first eos id"):
+        ours(model, PROMPT, None, max_new_tokens=2, eos=[150, 3])
     with pytest.raises(ValueError, match="input_ids has 6 tokens but max_length=6, which counts the prompt"):
         ours(model, PROMPT, None, max_length=PROMPT.shape[1])
     # A backend that does not bounds-check its embedding lookup (TensorRT's gather) is caught after one step.
@@ -639,5 +641,6 @@ def test_bad_decoder_output_raises() -> None:
 
 def test_a_temperature_that_overflows_the_scores_is_an_error_not_token_0(model) -> None:
     # transformers raises as well ("probability tensor contains either inf, nan or element < 0")
-    with pytest.raises(ValueError, match="no valid distribution to sample at step 0: the scaled scores overflowed"):
-        ours(model, PROMPT, None, max_new_tokens=3, do_sample=True, temperature=1e-300, seed=0)
+    for beams in (1, 2):  # sampling, and beam sampling
+        with pytest.raises(ValueError, match="no valid distribution to sample at step 0: the scaled scores overflowed"):
+            ours(model, PROMPT, None, max_new_tokens=3, do_sample=True, temperature=1e-300, seed=0, num_beams=beams)

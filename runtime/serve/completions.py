@@ -198,31 +198,35 @@ class CompletionRun:
             length += len(decoder.feed(token))
         return offsets
 
-    def _top_logprobs(self, choice: Choice, i: int) -> dict[str, float] | None:
-        """Token i's most likely alternatives by text, most likely first, with the chosen token (OpenAI: up to
-        logprobs + 1 entries)."""
-        top = choice.top_logprobs[i]
+    def _top_dict(self, top: tuple[tuple[int, float], ...] | None, token: int,
+                  value: float | None) -> dict[str, float] | None:
+        """A position's most likely alternatives by text, most likely first, with the token actually there
+        (OpenAI: up to logprobs + 1 entries)."""
         if top is None:
             return None
         entries: dict[str, float] = {}
-        for token, value in (*top, (choice.token_ids[i], choice.logprobs[i])):
-            entries.setdefault(self._token_text(token), value)
+        for alternative, logprob in (*top, (token, value)):
+            entries.setdefault(self._token_text(alternative), logprob)
         return entries
 
     def _logprobs(self, choice: Choice, start: int = 0, echo_prompt: bool = False) -> dict[str, Any] | None:
         if self.params.logprobs is None:
             return None
         tokens, values, offsets, top = [], [], [], []
-        if echo_prompt:  # prompt tokens are echoed without log-probabilities (not computed)
-            tokens += [self._token_text(t) for t in choice.prompt.ids]
-            values += [None] * len(choice.prompt.ids)
-            offsets += self._prompt_offsets(choice.prompt)
-            top += [None] * len(choice.prompt.ids)
+        if echo_prompt:  # scored before submission (Service.score); the first token has nothing to condition on
+            prompt = choice.prompt
+            tokens += [self._token_text(t) for t in prompt.ids]
+            values += list(prompt.logprobs) if prompt.logprobs is not None else [None] * len(prompt.ids)
+            offsets += self._prompt_offsets(prompt)
+            tops = prompt.top_logprobs or (None,) * len(prompt.ids)
+            scored = values[-len(prompt.ids):]
+            top += [self._top_dict(tops[i], token, scored[i]) for i, token in enumerate(prompt.ids)]
         prefix = len(choice.prompt.text or "") if self.params.echo else 0
         tokens += [self._token_text(t) for t in choice.token_ids[start:]]
         values += choice.logprobs[start:]
         offsets += [prefix + o for o in choice.offsets[start:]]
-        top += [self._top_logprobs(choice, i) for i in range(start, len(choice.token_ids))]
+        top += [self._top_dict(choice.top_logprobs[i], choice.token_ids[i], choice.logprobs[i])
+                for i in range(start, len(choice.token_ids))]
         return {"tokens": tokens, "token_logprobs": values, "top_logprobs": top if self.params.logprobs else None,
                 "text_offset": offsets}
 
@@ -338,6 +342,8 @@ class CompletionsEndpoint:
             if unavailable is not None:
                 raise unavailable
             prompts = service.prepare(params)
+            if params.echo and params.logprobs is not None:  # the prompt's own log-probabilities are echoed too
+                prompts = await asyncio.to_thread(lambda: [service.score(p, params.logprobs) for p in prompts])
             handles = service.submit(params, prompts)
         except APIError as e:
             if e.status in (400, 404, 413):

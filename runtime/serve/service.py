@@ -8,6 +8,7 @@ checked with errors that name the value and the limit, then submitted all or non
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -15,8 +16,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
+
 import runtime
 from runtime.batching import BatchEngine, CompletionRequest, QueueFullError, RequestHandle
+from runtime.decoding import _log_softmax, topk_indices
 from runtime.manifest import Manifest
 from runtime.providers import check_provider
 from runtime.tokenizer import Tokenizer, TokenizerNotFoundError
@@ -42,6 +46,10 @@ class PreparedPrompt:
 
     ids: tuple[int, ...]
     text: str | None  # the prompt as text (echo), None without a tokenizer
+    # echo + logprobs: each prompt token's log-probability given the tokens before it (None for the first) and,
+    # with logprobs N > 0, the N most likely (id, logprob) at that position
+    logprobs: tuple[float | None, ...] | None = None
+    top_logprobs: tuple[tuple[tuple[int, float], ...] | None, ...] | None = None
 
 
 class Service:
@@ -211,6 +219,23 @@ class Service:
                 fix = f"shorten it and set max_tokens below {limit}"
             raise bad("max_tokens", f"{where} of {n} tokens + max_tokens {max_tokens} = {n + max_tokens} exceeds the "
                                     f"context length {self._length_name} {limit}: {fix}")
+
+    def score(self, prompt: PreparedPrompt, top: int) -> PreparedPrompt:
+        """The prompt with its tokens' log-probabilities (echo + logprobs, as evaluation harnesses ask for).
+
+        One forward over the whole prompt on the loaded model (thread-safe beside the engine's decoding).
+        """
+        ids = np.array([prompt.ids], dtype=np.int64)  # (1, T)
+        t = ids.shape[1]
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(t)[None]}
+        logits = self.model.forward(feeds)["logits"][0, : t - 1].astype(np.float32)  # (T - 1, V) predicts ids[1:]
+        logprobs = _log_softmax(logits)  # (T - 1, V)
+        values = (None, *(float(logprobs[i, ids[0, i + 1]]) for i in range(t - 1)))
+        tops = None
+        if top:
+            best = topk_indices(logprobs, min(top, logprobs.shape[-1])) if t > 1 else np.zeros((0, top), np.int64)
+            tops = (None, *(tuple((int(j), float(logprobs[i, j])) for j in row) for i, row in enumerate(best)))
+        return dataclasses.replace(prompt, logprobs=values, top_logprobs=tops)
 
     def stop_ids(self, params: CompletionParams) -> tuple[int, ...]:
         """Token ids that end a completion: the model's eos (unless ignore_eos) and stop_token_ids."""

@@ -11,6 +11,7 @@ import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
 from .deps import httpx  # first: skips this module without the serve extra
@@ -230,6 +231,32 @@ def test_echoed_prompt_offsets_count_characters_as_the_completion_does(server, r
     tokens = choice["logprobs"]["tokens"][: len(ids)]
     assert any(t.startswith("bytes:\\x") for t in tokens), tokens  # pieces of a character, as OpenAI writes them
     assert _token_bytes(tokens).decode("utf-8") == prompt
+
+
+@pytest.mark.parametrize("export", ["lm-shared", "lm"])
+def test_echo_with_logprobs_scores_the_prompt_as_decoding_scored_those_tokens(start_server, serve_exports, export):
+    """lm-evaluation-harness' loglikelihood request (echo, logprobs, max_tokens 1): prompt tokens get their
+    log-probabilities too, equal to what decoding reported when it produced the same tokens."""
+    server = start_server(serve_exports[export], max_batch=2)
+    decoded = post(server.url, {"prompt": [5, 17, 42], "max_tokens": 4, "temperature": 0, "logprobs": 2,
+                                "ignore_eos": True, "return_token_ids": True}).json()["choices"][0]
+    prompt = [5, 17, 42, *decoded["token_ids"][:3]]
+    for stream_it in (False, True):
+        body = {"prompt": prompt, "max_tokens": 1, "temperature": 0, "echo": True, "logprobs": 2}
+        if stream_it:
+            events = stream(server.url, body)
+            logprobs = events[0]["choices"][0]["logprobs"]  # the echo chunk comes first
+        else:
+            logprobs = post(server.url, body).json()["choices"][0]["logprobs"]
+        values, tops = logprobs["token_logprobs"], logprobs["top_logprobs"]
+        assert values[0] is None and tops[0] is None  # nothing comes before the first token
+        np.testing.assert_allclose(values[3:6], decoded["logprobs"]["token_logprobs"][:3], atol=1e-4)
+        for got, want in zip(tops[3:6], decoded["logprobs"]["top_logprobs"][:3], strict=True):
+            assert got.keys() == want.keys()
+            np.testing.assert_allclose(list(got.values()), list(want.values()), atol=1e-4)
+        assert all(v is not None and v <= 0 for v in values[1:len(prompt)])
+    one = post(server.url, {"prompt": [7], "max_tokens": 1, "echo": True, "logprobs": 1}).json()["choices"][0]
+    assert one["logprobs"]["token_logprobs"][0] is None and one["logprobs"]["top_logprobs"][0] is None
 
 
 def test_stream_usage_is_null_in_every_chunk_but_the_last(server):

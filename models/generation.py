@@ -196,7 +196,8 @@ def resolve_length(config: GenerationConfig, prompt_len: int, n_positions: int |
             raise ValueError(f"input_ids has {prompt_len} tokens, which fills n_positions {n_positions}: shorten "
                              f"the prompt below {n_positions} tokens")
     if config.min_new_tokens > new:  # a length set by max_length or the position table, not by max_new_tokens
-        if config.max_new_tokens is None and config.max_length is not None:
+        fits = n_positions is None or prompt_len + config.min_new_tokens <= n_positions
+        if config.max_new_tokens is None and config.max_length is not None and fits:
             why = (f"max_length={config.max_length} leaves after a {prompt_len}-token prompt: raise max_length to "
                    f"{prompt_len + config.min_new_tokens} or lower min_new_tokens")
         else:

@@ -235,7 +235,8 @@ class GenerationOptions:
                 raise ValueError(f"input_ids has {prompt_len} tokens, which fills n_positions {n_positions}: shorten "
                                  f"the prompt below {n_positions} tokens")
         if self.min_new_tokens > new:  # a length set by max_length or the position table, not by max_new_tokens
-            if self.max_new_tokens is None and self.max_length is not None:
+            fits = n_positions is None or prompt_len + self.min_new_tokens <= n_positions
+            if self.max_new_tokens is None and self.max_length is not None and fits:
                 why = (f"max_length={self.max_length} leaves after a {prompt_len}-token prompt: raise max_length to "
                        f"{prompt_len + self.min_new_tokens} or lower min_new_tokens")
             else:
@@ -310,7 +311,7 @@ def min_new_tokens_filter(
 
 def temperature_scale(scores: np.ndarray, temperature: float) -> np.ndarray:
     """scores / temperature (TemperatureLogitsWarper)."""
-    with np.errstate(divide="ignore", over="ignore"):  # a vanishing temperature: _draw names the problem
+    with np.errstate(divide="ignore", over="ignore", invalid="ignore"):  # a vanishing temperature: _draw says so
         return scores / np.float32(temperature)
 
 
@@ -330,7 +331,8 @@ def top_p_filter(scores: np.ndarray, top_p: float, min_tokens_to_keep: int = 1) 
     keeps the last min_tokens_to_keep whatever their mass. Equal scores sort lower token id first (stable).
     """
     threshold = np.float32(1 - top_p)
-    probs = _softmax(scores)  # (N, V)
+    with np.errstate(invalid="ignore", over="ignore"):  # overflowed scores: the sampler names the problem
+        probs = _softmax(scores)  # (N, V)
     remove = [_outside_nucleus(line, p, threshold, min_tokens_to_keep) for line, p in zip(scores, probs, strict=True)]
     return np.where(np.stack(remove), np.float32(-np.inf), scores)
 

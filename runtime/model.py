@@ -246,11 +246,11 @@ class Model:
         An in-place-cache export without a past runs through its decoder instead, which lays left-padded rows
         out as GroupQueryAttention wants them: {"logits": (B, T, V)} in float32, zeros at pad positions.
         """
+        missing = [name for name in ("input_ids", "attention_mask", "position_ids") if name not in feeds]
+        if missing:
+            raise ValueError(f"forward() needs {', '.join(missing)} as well: pass input_ids, attention_mask and "
+                             "position_ids")
         if self.manifest.kv_cache == "shared" and not any(name.startswith("past_key_values.") for name in feeds):
-            missing = [name for name in ("input_ids", "attention_mask", "position_ids") if name not in feeds]
-            if missing:
-                raise ValueError(f"forward() needs {', '.join(missing)} as well: pass input_ids, attention_mask and "
-                                 "position_ids")
             ids = feeds["input_ids"]
             decoder = self.backend.decoder(ids.shape[0], ids.shape[1])
             return {"logits": decoder.forward(ids, feeds["attention_mask"], feeds["position_ids"])}

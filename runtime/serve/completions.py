@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,6 +24,8 @@ from .auth import send_error
 from .schemas import APIError, CompletionParams, parse_completion_request
 from .service import PreparedPrompt, Service
 from .streaming import SSE_DONE, SSE_HEADERS, ChoiceText, sse_event
+
+log = logging.getLogger("runtime.serve")
 
 
 async def read_body(scope, receive, limit: int) -> bytes | None:
@@ -216,10 +219,10 @@ class CompletionRun:
         if echo_prompt:  # scored before submission (Service.score); the first token has nothing to condition on
             prompt = choice.prompt
             tokens += [self._token_text(t) for t in prompt.ids]
-            values += list(prompt.logprobs) if prompt.logprobs is not None else [None] * len(prompt.ids)
+            scored = list(prompt.logprobs) if prompt.logprobs is not None else [None] * len(prompt.ids)
+            values += scored
             offsets += self._prompt_offsets(prompt)
             tops = prompt.top_logprobs or (None,) * len(prompt.ids)
-            scored = values[-len(prompt.ids):]
             top += [self._top_dict(tops[i], token, scored[i]) for i, token in enumerate(prompt.ids)]
         prefix = len(choice.prompt.text or "") if self.params.echo else 0
         tokens += [self._token_text(t) for t in choice.token_ids[start:]]
@@ -330,6 +333,18 @@ class CompletionsEndpoint:
     def __init__(self, service: Service):
         self.service = service
 
+    async def _score(self, prompts: list[PreparedPrompt], top: int,
+                     handles: list[RequestHandle]) -> list[PreparedPrompt]:
+        """Every prompt scored off the event loop; on failure the request's completions are cancelled (500)."""
+        try:
+            return await asyncio.to_thread(lambda: [self.service.score(p, top) for p in prompts])
+        except Exception as e:
+            for handle in handles:
+                handle.cancel()
+            log.error("scoring a prompt for echo + logprobs failed: %s: %s", type(e).__name__, e)
+            raise APIError(500, f"scoring the prompt for echo + logprobs failed ({type(e).__name__}: {e}): retry "
+                                "without logprobs, or check the server log", code="engine_error") from e
+
     async def __call__(self, scope, receive, send) -> None:
         arrival = time.perf_counter()
         service = self.service
@@ -342,9 +357,9 @@ class CompletionsEndpoint:
             if unavailable is not None:
                 raise unavailable
             prompts = service.prepare(params)
+            handles = service.submit(params, prompts)  # first: a request refused (429 / 503) is not scored
             if params.echo and params.logprobs is not None:  # the prompt's own log-probabilities are echoed too
-                prompts = await asyncio.to_thread(lambda: [service.score(p, params.logprobs) for p in prompts])
-            handles = service.submit(params, prompts)
+                prompts = await self._score(prompts, params.logprobs, handles)
         except APIError as e:
             if e.status in (400, 404, 413):
                 service.metrics.rejected.inc(1, "invalid_request")

@@ -46,7 +46,7 @@ class ServeConfig:
                 raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")
         if not isinstance(self.port, int) or isinstance(self.port, bool) or not 0 <= self.port <= 65535:
             raise ValueError(f"port={self.port!r} is not a TCP port: use an integer 0-65535 (0 picks a free one)")
-        if not isinstance(self.host, str) or not self.host:
+        if not isinstance(self.host, str) or not self.host.strip():
             raise ValueError(f"host={self.host!r} must be an address such as 127.0.0.1 or 0.0.0.0")
         if self.max_model_len is not None and (not isinstance(self.max_model_len, int)
                                                or isinstance(self.max_model_len, bool) or self.max_model_len < 2):
@@ -56,8 +56,7 @@ class ServeConfig:
             raise ValueError(f"threads={self.threads!r} must be an integer >= 1, or unset to use every core")
         for name, low, inclusive in (("drain_timeout", 0, True), ("keep_alive_timeout", 0, False)):
             value = getattr(self, name)
-            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if not number or value < low or (value == low and not inclusive):
+            if not _is_seconds(value) or value < low or (value == low and not inclusive):
                 raise ValueError(f"{name}={value!r} must be a number of seconds {'>=' if inclusive else '>'} {low}")
         if self.api_key is not None and not isinstance(self.api_key, str):
             raise ValueError(f"the API key must be a string, got {type(self.api_key).__name__}")
@@ -72,3 +71,13 @@ class ServeConfig:
     def api_key_from_env(explicit: str | None) -> str | None:
         """--api-key wins; otherwise the environment variable, if set and non-empty."""
         return explicit if explicit is not None else (os.environ.get(API_KEY_ENV) or None)
+
+
+def _is_seconds(value: object) -> bool:
+    """A finite int or float (a bool is not a number of seconds)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float
+        return False

@@ -40,6 +40,9 @@ def default_engine(model: runtime.Model, max_batch: int, max_queue: int) -> Batc
     return BatchEngine(model, max_batch=max_batch, max_queue=max_queue)
 
 
+SCORE_ROWS = 64  # prompt positions log-softmaxed together when scoring a prompt
+
+
 @dataclass(frozen=True)
 class PreparedPrompt:
     """One prompt of a request, tokenized and checked."""
@@ -72,6 +75,7 @@ class Service:
         self.engine: BatchEngine | None = None
         self.tokenizer: Tokenizer | None = None
         self._engine_factory = engine_factory
+        self._scoring = threading.Semaphore(1)  # echo + logprobs forwards, beside the engine's decoding
         self.metrics = Metrics(lambda: self.engine.stats() if self.engine is not None else None)
         shape = self.manifest.shape
         eos = shape.eos_token_id
@@ -227,15 +231,21 @@ class Service:
         """
         ids = np.array([prompt.ids], dtype=np.int64)  # (1, T)
         t = ids.shape[1]
-        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids), "position_ids": np.arange(t)[None]}
-        logits = self.model.forward(feeds)["logits"][0, : t - 1].astype(np.float32)  # (T - 1, V) predicts ids[1:]
-        logprobs = _log_softmax(logits)  # (T - 1, V)
-        values = (None, *(float(logprobs[i, ids[0, i + 1]]) for i in range(t - 1)))
-        tops = None
-        if top:
-            best = topk_indices(logprobs, min(top, logprobs.shape[-1])) if t > 1 else np.zeros((0, top), np.int64)
-            tops = (None, *(tuple((int(j), float(logprobs[i, j])) for j in row) for i, row in enumerate(best)))
-        return dataclasses.replace(prompt, logprobs=values, top_logprobs=tops)
+        feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+                 "position_ids": np.arange(t, dtype=np.int64)[None]}
+        values: list[float | None] = [None]
+        tops: list[tuple[tuple[int, float], ...] | None] = [None]
+        with self._scoring:  # one prompt's (T, V) logits in memory at a time, whatever the concurrency
+            logits = self.model.forward(feeds)["logits"][0, : t - 1]  # (T - 1, V): position i predicts ids[i + 1]
+            for start in range(0, t - 1, SCORE_ROWS):  # log-softmax a block of rows at a time: bounded temporaries
+                block = _log_softmax(logits[start : start + SCORE_ROWS].astype(np.float32, copy=False))  # (R, V)
+                rows = np.arange(block.shape[0])
+                values += block[rows, ids[0, start + 1 : start + 1 + block.shape[0]]].tolist()
+                if top:
+                    best = topk_indices(block, min(top, block.shape[-1]))  # (R, top)
+                    tops += [tuple((int(j), float(row[j])) for j in picks)
+                             for row, picks in zip(block, best, strict=True)]
+        return dataclasses.replace(prompt, logprobs=tuple(values), top_logprobs=tuple(tops) if top else None)
 
     def stop_ids(self, params: CompletionParams) -> tuple[int, ...]:
         """Token ids that end a completion: the model's eos (unless ignore_eos) and stop_token_ids."""

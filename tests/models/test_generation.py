@@ -505,6 +505,8 @@ def test_length_errors_name_the_option_that_was_given(lm, options, message):
 
 
 def test_min_new_tokens_past_the_position_table_says_to_shorten_the_prompt(lm):
-    with pytest.raises(ValueError, match=r"min_new_tokens=15 exceeds the 9 new tokens n_positions 64 leaves after a "
-                                         r"55-token prompt: shorten the prompt"):
+    message = r"min_new_tokens={} exceeds the {} new tokens n_positions 64 leaves after a {}-token prompt: shorten"
+    with pytest.raises(ValueError, match=message.format(15, 9, 55)):
         lm[0].generate(torch.ones(1, 55, dtype=torch.long), min_new_tokens=15)
+    with pytest.raises(ValueError, match=message.format(5, 2, 60)):  # raising max_length would not help here
+        lm[0].generate(torch.ones(1, 60, dtype=torch.long), max_length=62, min_new_tokens=5)

@@ -639,8 +639,10 @@ def test_bad_decoder_output_raises() -> None:
         generate(FixedLogits(np.array([0.0, np.nan])), prompt, None, options, eos_token_id=None, pad_token_id=None)
 
 
+@pytest.mark.filterwarnings("error")  # the ValueError explains it: no numpy RuntimeWarnings on the way
 def test_a_temperature_that_overflows_the_scores_is_an_error_not_token_0(model) -> None:
     # transformers raises as well ("probability tensor contains either inf, nan or element < 0")
-    for beams in (1, 2):  # sampling, and beam sampling
+    for beams, top_p in ((1, 1.0), (2, 1.0), (1, 0.9), (2, 0.9)):  # sampling and beam sampling, with top-p
         with pytest.raises(ValueError, match="no valid distribution to sample at step 0: the scaled scores overflowed"):
-            ours(model, PROMPT, None, max_new_tokens=3, do_sample=True, temperature=1e-300, seed=0, num_beams=beams)
+            ours(model, PROMPT, None, max_new_tokens=3, do_sample=True, temperature=1e-300, seed=0, num_beams=beams,
+                 top_p=top_p)

@@ -259,6 +259,27 @@ def test_echo_with_logprobs_scores_the_prompt_as_decoding_scored_those_tokens(st
     assert one["logprobs"]["token_logprobs"][0] is None and one["logprobs"]["top_logprobs"][0] is None
 
 
+def test_a_harness_style_loglikelihood_batch_parses_as_lm_evaluation_harness_reads_it(server):
+    # Several contexts + continuations in one request, n=2, streamed or not: every list is prompt + 1 long and
+    # the harness's reading (token_logprobs[ctxlen:-1], greedy = the continuation is each position's argmax) works.
+    requests = [([5, 17, 42], [99, 7]), ([80, 81], [82, 83, 84]), ([3, 9, 27, 81], [243])]
+    body = {"prompt": [ctx + cont for ctx, cont in requests], "max_tokens": 1, "temperature": 0, "echo": True,
+            "logprobs": 1, "n": 2, "seed": 0}
+    plain = post(server.url, body).json()["choices"]
+    streamed = joined(stream(server.url, body))
+    assert [c["index"] for c in plain] == list(range(6))
+    for choice in plain:
+        ctx, cont = requests[choice["index"] // 2]
+        logprobs = choice["logprobs"]
+        lengths = {len(logprobs[key]) for key in ("tokens", "token_logprobs", "top_logprobs", "text_offset")}
+        assert lengths == {len(ctx) + len(cont) + 1}, lengths
+        continuation = logprobs["token_logprobs"][len(ctx) : -1]
+        assert len(continuation) == len(cont) and all(v is not None and v <= 0 for v in continuation)
+        for top, value in zip(logprobs["top_logprobs"][len(ctx) : -1], continuation, strict=True):
+            assert max(top.values()) >= value  # the actual token is in the dict; greedy iff it is the max
+        assert choice["index"] in streamed
+
+
 def test_stream_usage_is_null_in_every_chunk_but_the_last(server):
     events = stream(server.url, {"prompt": ["the cat", "a dog"], "n": 2, "max_tokens": 4, "temperature": 0,
                                  "echo": True, "stream_options": {"include_usage": True}})

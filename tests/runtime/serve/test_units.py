@@ -98,6 +98,8 @@ def test_sse_events_are_one_data_line():
     (dict(port="8000"), "port='8000' is not a TCP port: use an integer"),
     (dict(port=True), "port=True is not a TCP port"),
     (dict(host=""), "host='' must be an address"),
+    (dict(host="  "), "host='  ' must be an address"),
+    (dict(drain_timeout=10**400), "drain_timeout=1000.* must be a number of seconds >= 0"),
     (dict(api_key=5), "the API key must be a string, got int"),
     (dict(keep_alive_timeout=float("nan")), "keep_alive_timeout=nan must be a number of seconds > 0"),
     (dict(drain_timeout=float("inf")), "drain_timeout=inf must be a number of seconds >= 0"),

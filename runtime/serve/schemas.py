@@ -213,11 +213,13 @@ def parse_completion_request(body: bytes, config: ServeConfig) -> CompletionPara
         raise bad("stop_token_ids", f"stop_token_ids must be an array of token ids, got {stop_token_ids!r}")
     _unsupported(data)
     top_k = _int(data, "top_k", 0, -1)
+    echo = _bool(data, "echo", False)
     return CompletionParams(
         prompts=prompts,
         batched=batched,
         model=model,
-        max_tokens=_int(data, "max_tokens", config.default_max_tokens, 1),
+        # 0 only with echo: the prompt (scored, with logprobs) and nothing generated, as OpenAI allowed
+        max_tokens=_int(data, "max_tokens", config.default_max_tokens, 0 if echo else 1),
         temperature=_number(data, "temperature", 1.0, 0.0, 2.0),
         top_p=_number(data, "top_p", 1.0, 0.0, 1.0, low_open=True),
         top_k=max(top_k, 0),  # -1 (vLLM's "off") and 0 both disable top-k
@@ -228,7 +230,7 @@ def parse_completion_request(body: bytes, config: ServeConfig) -> CompletionPara
         seed=_int(data, "seed", None, 0, 2**63 - 1),
         stream=stream,
         include_usage=include_usage,
-        echo=_bool(data, "echo", False),
+        echo=echo,
         logprobs=logprobs,
         return_token_ids=_bool(data, "return_token_ids", False),
     )

@@ -13,13 +13,13 @@ import logging
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 import runtime
-from runtime.batching import BatchEngine, CompletionRequest, QueueFullError, RequestHandle
+from runtime.batching import BatchEngine, CompletionRequest, QueueFullError, RequestHandle, TokenEvent
 from runtime.decoding import _log_softmax, topk_indices
 from runtime.manifest import Manifest
 from runtime.providers import check_provider
@@ -38,6 +38,16 @@ EngineFactory = Callable[[runtime.Model, int, int], BatchEngine]
 def default_engine(model: runtime.Model, max_batch: int, max_queue: int) -> BatchEngine:
     """The continuous-batching engine."""
     return BatchEngine(model, max_batch=max_batch, max_queue=max_queue)
+
+
+class PromptOnlyHandle:
+    """The handle of a max_tokens 0 completion (echo only): nothing to decode, so it ends at once."""
+
+    def cancel(self) -> None:
+        """Nothing runs, so nothing to stop."""
+
+    async def aevents(self) -> AsyncIterator[TokenEvent]:
+        yield TokenEvent(None, None, "length", time.perf_counter())
 
 
 SCORE_ROWS = 64  # prompt positions log-softmaxed together when scoring a prompt
@@ -252,10 +262,13 @@ class Service:
         ids = () if params.ignore_eos else self.eos_ids
         return tuple(dict.fromkeys((*ids, *params.stop_token_ids)))
 
-    def submit(self, params: CompletionParams, prompts: list[PreparedPrompt]) -> list[RequestHandle]:
+    def submit(self, params: CompletionParams,
+               prompts: list[PreparedPrompt]) -> list[RequestHandle | PromptOnlyHandle]:
         """Submit n requests per prompt, all or none: 429 (Retry-After) past the queue bound, 503 when stopping."""
         if self.engine is None:
             raise self.unavailable() or APIError(503, "the engine is not running")
+        if params.max_tokens == 0:  # echo only: nothing to decode, no slot taken
+            return [PromptOnlyHandle() for _ in range(len(prompts) * params.n)]
         stops = self.stop_ids(params)
         handles: list[RequestHandle] = []
         try:

@@ -259,6 +259,23 @@ def test_echo_with_logprobs_scores_the_prompt_as_decoding_scored_those_tokens(st
     assert one["logprobs"]["token_logprobs"][0] is None and one["logprobs"]["top_logprobs"][0] is None
 
 
+def test_max_tokens_0_with_echo_returns_the_scored_prompt_and_generates_nothing(server):
+    # OpenAI allowed it with echo, and older lm-evaluation-harness versions score prompts this way.
+    body = {"prompt": ["the cat sat", "a dog"], "max_tokens": 0, "echo": True, "logprobs": 1, "n": 2}
+    reply = post(server.url, body).json()
+    assert [c["text"] for c in reply["choices"]] == ["the cat sat", "the cat sat", "a dog", "a dog"]
+    assert all(c["finish_reason"] == "length" for c in reply["choices"])
+    assert reply["usage"]["completion_tokens"] == 0
+    with_one = post(server.url, {**body, "max_tokens": 1, "n": 1}).json()["choices"][0]["logprobs"]
+    scored = reply["choices"][0]["logprobs"]
+    assert scored["token_logprobs"] == with_one["token_logprobs"][:-1]  # the same prompt scores
+    assert len(scored["tokens"]) == len(scored["top_logprobs"]) == len(scored["text_offset"])
+    streamed = joined(stream(server.url, body))
+    assert [streamed[i]["finish_reason"] for i in range(4)] == ["length"] * 4
+    refused = post(server.url, {"prompt": "the cat", "max_tokens": 0})
+    assert refused.status_code == 400 and "max_tokens=0 is below the minimum 1" in refused.json()["error"]["message"]
+
+
 def test_a_harness_style_loglikelihood_batch_parses_as_lm_evaluation_harness_reads_it(server):
     # Several contexts + continuations in one request, n=2, streamed or not: every list is prompt + 1 long and
     # the harness's reading (token_logprobs[ctxlen:-1], greedy = the continuation is each position's argmax) works.

@@ -11,6 +11,8 @@ import pytest
 import runtime
 from runtime.batching import BatchEngine, CompletionRequest, QueueFullError
 
+from .sessions import SlowSession
+
 
 @pytest.fixture(scope="module", params=["lm-shared", "lm"])
 def model(exports, request):
@@ -175,17 +177,8 @@ def test_a_prompt_joining_running_requests_is_prefilled_a_chunk_per_step(exports
         return prefill(ids, slot)
 
     monkeypatch.setattr(engine, "_prefill_into_slot", spy)
-    session = model.backend.session
-
-    class PacedSession:  # 10 ms a step: the running request is still decoding when the other one joins, under load
-        def run_with_iobinding(self, *args, **kwargs):
-            time.sleep(0.01)
-            return session.run_with_iobinding(*args, **kwargs)
-
-        def __getattr__(self, name):
-            return getattr(session, name)
-
-    monkeypatch.setattr(model.backend, "session", PacedSession())
+    # 10 ms a step: the running request is still decoding when the other one joins, under load
+    monkeypatch.setattr(model.backend, "session", SlowSession(model.backend.session, 0.01))
     engine.start()
     try:
         # Seeded sampling: the tiny checkpoint's greedy continuation repeats one token, which would prove nothing.

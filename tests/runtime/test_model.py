@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -22,6 +21,8 @@ import transformers
 import runtime
 from runtime.manifest import ManifestError
 from runtime.providers import GraphMismatchError, ProviderUnavailableError
+
+from .sessions import SlowSession
 
 
 @pytest.fixture(scope="module")
@@ -156,23 +157,12 @@ def test_streaming_text_equals_the_full_decode(lm):
 
 
 def test_a_stream_left_early_stops_decoding(lm, monkeypatch):
-    steps = []
-    session = lm.backend.session
-
-    class CountingSession:  # counts decode steps (paced at 10 ms, so 41 take 0.4 s), delegates the rest
-        def run_with_iobinding(self, *args, **kwargs):
-            steps.append(1)
-            time.sleep(0.01)
-            return session.run_with_iobinding(*args, **kwargs)
-
-        def __getattr__(self, name):
-            return getattr(session, name)
-
-    monkeypatch.setattr(lm.backend, "session", CountingSession())
+    session = SlowSession(lm.backend.session, 0.01)  # counts decode steps, paced so 41 take 0.4 s
+    monkeypatch.setattr(lm.backend, "session", session)
     stream = lm.stream("the cat", max_new_tokens=40, eos_token_id=None, min_new_tokens=40)
     next(stream)
     stream.close()  # as `break` does; returns once the decoding thread has stopped
-    assert 1 <= len(steps) < 20, len(steps)  # 41 (prefill + 40) had it run to the end
+    assert 1 <= session.runs < 20, session.runs  # 41 (prefill + 40) had it run to the end
     assert not any(t.name == "runtime-stream" for t in threading.enumerate())
 
 

@@ -17,6 +17,8 @@ import numpy as np
 
 from runtime.batching import BatchEngine
 
+from ..sessions import SlowSession
+
 REPO = Path(__file__).resolve().parents[3]
 TIMEOUT = httpx.Timeout(60.0, connect=5.0)
 
@@ -53,24 +55,6 @@ def joined(events: list[dict]) -> dict[int, dict]:
             c["token_ids"] += choice.get("token_ids", [])
             c["finish_reason"] = choice["finish_reason"] or c["finish_reason"]
     return choices
-
-
-class SlowSession:
-    """An ONNX Runtime session that sleeps before every run, so a tiny model decodes at a watchable pace."""
-
-    def __init__(self, session, delay: float):
-        self._session, self._delay = session, delay
-
-    def run_with_iobinding(self, *args, **kwargs):
-        time.sleep(self._delay)
-        return self._session.run_with_iobinding(*args, **kwargs)
-
-    def run(self, *args, **kwargs):
-        time.sleep(self._delay)
-        return self._session.run(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._session, name)
 
 
 def slow_engine(delay: float):

@@ -64,6 +64,12 @@ PREFILL_CHUNK = 16  # prompt tokens prefilled per decode step while other reques
 GREEDY_BELOW = 1e-5
 
 
+def most_likely(logprobs: np.ndarray, k: int) -> list[tuple[tuple[int, float], ...]]:
+    """Each row's k most likely (token id, logprob), most likely first: logprobs (R, V) -> R tuples."""
+    best = topk_indices(logprobs, min(k, logprobs.shape[-1]))  # (R, k)
+    return [tuple((int(i), float(row[i])) for i in picks) for row, picks in zip(logprobs, best, strict=True)]
+
+
 class QueueFullError(RuntimeError):
     """The waiting queue is at max_queue; retry after `retry_after` seconds."""
 
@@ -469,11 +475,8 @@ class BatchEngine:
         """The chosen token's log-probability and the request's top_logprobs most likely (id, logprob), if asked."""
         if not request.logprobs:
             return None, None
-        logprobs = _log_softmax(logits[None, :])
-        top = None
-        if request.top_logprobs:
-            ids = topk_indices(logprobs, min(request.top_logprobs, logprobs.shape[-1]))[0]
-            top = tuple((int(i), float(logprobs[0, i])) for i in ids)
+        logprobs = _log_softmax(logits[None, :])  # (1, V)
+        top = most_likely(logprobs, request.top_logprobs)[0] if request.top_logprobs else None
         return float(logprobs[0, token]), top
 
     def _drop_cancelled(self) -> None:

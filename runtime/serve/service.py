@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 
 import runtime
-from runtime.batching import BatchEngine, CompletionRequest, QueueFullError, RequestHandle, TokenEvent
-from runtime.decoding import _log_softmax, topk_indices
+from runtime.batching import BatchEngine, CompletionRequest, QueueFullError, RequestHandle, TokenEvent, most_likely
+from runtime.decoding import _log_softmax
 from runtime.manifest import Manifest
 from runtime.providers import check_provider
 from runtime.tokenizer import Tokenizer, TokenizerNotFoundError
@@ -252,9 +252,7 @@ class Service:
                 rows = np.arange(block.shape[0])
                 values += block[rows, ids[0, start + 1 : start + 1 + block.shape[0]]].tolist()
                 if top:
-                    best = topk_indices(block, min(top, block.shape[-1]))  # (R, top)
-                    tops += [tuple((int(j), float(row[j])) for j in picks)
-                             for row, picks in zip(block, best, strict=True)]
+                    tops += most_likely(block, top)
         return dataclasses.replace(prompt, logprobs=tuple(values), top_logprobs=tuple(tops) if top else None)
 
     def stop_ids(self, params: CompletionParams) -> tuple[int, ...]:

@@ -141,13 +141,7 @@ class Model:
         return set(eos if isinstance(eos, (list, tuple)) else [eos]) if eos is not None else set()
 
     def _encode_batch(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Left-padded ids and mask, as a decoder-only model wants its batch."""
-        for prompt in prompts:
-            if not isinstance(prompt, str):
-                raise TypeError(
-                    f"prompts must be str, got {type(prompt).__name__} {prompt!r:.60}: pass text, or pass token ids "
-                    "to generate()"
-                )
+        """Left-padded ids and mask, as a decoder-only model wants its batch (prompts checked by _texts)."""
         encoded = [self.tokenizer.encode(p) for p in prompts]
         for prompt, ids in zip(prompts, encoded, strict=True):
             if not ids:
@@ -193,6 +187,11 @@ class Model:
             raise ValueError(
                 "stream() decodes one hypothesis at a time: use num_beams=1 and num_return_sequences=1, "
                 "or generate_text()"
+            )
+        if not isinstance(prompt, str):
+            raise TypeError(
+                f"prompts must be str, got {type(prompt).__name__} {prompt!r:.60}: pass text, or pass token ids "
+                "to generate()"
             )
         ids, mask = self._encode_batch([prompt])
         pieces: queue.Queue = queue.Queue()

@@ -313,6 +313,8 @@ def test_text_methods_name_bad_arguments(exports):
         lm.generate_text(["the cat", 5])
     with pytest.raises(ValueError, match="num_return_sequences=1"):
         next(lm.stream("the cat", do_sample=True, num_return_sequences=2))
+    with pytest.raises(TypeError, match="prompts must be str, got list"):
+        next(lm.stream(["the cat"]))
     classifier = runtime.load(exports["seq-cls"])
     with pytest.raises(ValueError, match="no texts given"):
         classifier.classify([])

@@ -7,9 +7,9 @@
 Nothing under `runtime` may import torch or `models`: it installs with the base dependencies only.
 """
 
-from runtime.decoding import GenerationOptions
 from runtime.manifest import Manifest, ManifestError
 from runtime.model import Classification, Model, load
+from runtime.options import GenerationOptions
 from runtime.tokenizer import StreamDecoder, Tokenizer, TokenizerNotFoundError
 
 __all__ = [

@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .decoding import GenerationOptions, _draw, _log_softmax, logits_processors, topk_indices
 from .kv_cache import SharedKVCache
+from .logits_processors import logits_processors
 from .model import Model
 from .onnx_decoder import OnnxRuntimeBackend
+from .options import GenerationOptions
+from .sampling import draw, log_softmax, topk_indices
 
 
 @dataclass(frozen=True)
@@ -448,7 +450,7 @@ class BatchEngine:
             for processor in active.processors:
                 scores = processor(history, scores)
             if active.options.do_sample:
-                token = int(_draw(scores, active.rng, active.generated)[0])
+                token = int(draw(scores, active.rng, active.generated)[0])
             else:
                 token = int(np.argmax(scores[0]))
             logprob, top = self._logprobs(active.handle.request, logits, token)
@@ -475,7 +477,7 @@ class BatchEngine:
         """The chosen token's log-probability and the request's top_logprobs most likely (id, logprob), if asked."""
         if not request.logprobs:
             return None, None
-        logprobs = _log_softmax(logits[None, :])  # (1, V)
+        logprobs = log_softmax(logits[None, :])  # (1, V)
         top = most_likely(logprobs, request.top_logprobs)[0] if request.top_logprobs else None
         return float(logprobs[0, token]), top
 

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .decoding import GenerationOptions, generate
+from .decoding import generate
 from .manifest import Manifest
 from .onnx_decoder import OnnxRuntimeBackend
+from .options import GenerationOptions
 from .providers import DEVICE_OF, check_contract, create_session
 from .tokenizer import Tokenizer, TokenizerNotFoundError
 

@@ -20,9 +20,9 @@ import numpy as np
 
 import runtime
 from runtime.batching import BatchEngine, CompletionRequest, QueueFullError, RequestHandle, TokenEvent, most_likely
-from runtime.decoding import _log_softmax
 from runtime.manifest import Manifest
 from runtime.providers import check_provider
+from runtime.sampling import log_softmax
 from runtime.tokenizer import Tokenizer, TokenizerNotFoundError
 
 from .config import ServeConfig
@@ -248,7 +248,7 @@ class Service:
         with self._scoring:  # one prompt's (T, V) logits in memory at a time, whatever the concurrency
             logits = self.model.forward(feeds)["logits"][0, : t - 1]  # (T - 1, V): position i predicts ids[i + 1]
             for start in range(0, t - 1, SCORE_ROWS):  # log-softmax a block of rows at a time: bounded temporaries
-                block = _log_softmax(logits[start : start + SCORE_ROWS].astype(np.float32, copy=False))  # (R, V)
+                block = log_softmax(logits[start : start + SCORE_ROWS].astype(np.float32, copy=False))  # (R, V)
                 rows = np.arange(block.shape[0])
                 values += block[rows, ids[0, start + 1 : start + 1 + block.shape[0]]].tolist()
                 if top:

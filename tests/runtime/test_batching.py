@@ -252,7 +252,7 @@ def test_a_request_whose_options_fail_on_its_logits_ends_alone(model, monkeypatc
     def failing_draw(scores, rng, step):  # only sampling requests draw; greedy ones take the argmax
         raise ValueError(f"rows [0] have no valid distribution to sample at step {step}")
 
-    monkeypatch.setattr(batching, "_draw", failing_draw)
+    monkeypatch.setattr(batching, "draw", failing_draw)
     engine = BatchEngine(model, max_batch=2, max_queue=4)
     engine.start()
     try:

@@ -29,8 +29,6 @@ Deliberate differences: bad options and inputs raise ValueError up front where t
 
 from __future__ import annotations
 
-import dataclasses
-import enum
 import functools
 import inspect
 import math
@@ -40,171 +38,30 @@ from dataclasses import dataclass
 import torch
 from torch.nn import functional as F
 
+from runtime.options import FROM_MODEL, FromModel, GenerationOptions
+
 from .validation import check_token_ids
 
 # A logits processor: (input_ids (N, T), scores (N, V)) -> scores (N, V).
 Processor = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 NEG = -1.0e9  # transformers' "impossible" beam score
-DEFAULT_MAX_NEW_TOKENS = 20  # transformers' max_length 20, which it counts from the prompt's end when left unset
-
-
-class _Default(enum.Enum):
-    FROM_MODEL = "from the model config"
-
-
-FROM_MODEL = _Default.FROM_MODEL  # eos / pad default: read from the model's config at generate() time
-
-
 # ---- options -----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class GenerationConfig:
-    """Decoding options, validated on construction; transformers' names and defaults."""
+class GenerationConfig(GenerationOptions):
+    """The runtime's GenerationOptions (one validation, one set of names), read the reference model's way.
 
-    max_new_tokens: int | None = None  # None: max_length - prompt length if set, else 20 (fewer near n_positions)
-    max_length: int | None = None  # prompt + new tokens; max_new_tokens wins when both are set (transformers)
-    min_new_tokens: int = 0  # eos is blocked until this many tokens are new
-    do_sample: bool = False
-    temperature: float = 1.0  # sampling only
-    top_k: int | None = 50  # sampling only; 0 or None disables
-    top_p: float = 1.0  # sampling only; 1.0 disables
-    repetition_penalty: float = 1.0  # 1.0 disables
-    no_repeat_ngram_size: int = 0  # 0 disables
-    num_beams: int = 1
-    length_penalty: float = 1.0  # beam search: score = sum_logprobs / new_tokens ** length_penalty
-    early_stopping: bool | str = False  # beam search: True, False or "never"
-    num_return_sequences: int = 1
-    eos_token_id: int | list[int] | tuple[int, ...] | None | _Default = FROM_MODEL  # None: never stop early
-    pad_token_id: int | None | _Default = FROM_MODEL  # None or unset in the model config: the first eos id
+    eos_token_id / pad_token_id default to the model config's ids (FROM_MODEL); an explicit None turns eos off
+    (never stop early) and lets pad fall back to the first eos id. seed=None draws from torch's global RNG.
+    """
+
+    eos_token_id: int | list[int] | tuple[int, ...] | None | FromModel = FROM_MODEL  # None: never stop early
+    pad_token_id: int | None | FromModel = FROM_MODEL  # None or unset in the model config: the first eos id
     seed: int | None = None  # sampling: private generator; None draws from torch's global RNG
 
-    def __post_init__(self) -> None:
-        if self.max_new_tokens is not None:
-            _check_int("max_new_tokens", self.max_new_tokens, 1, "ask for at least one new token")
-        if self.max_length is not None:
-            _check_int("max_length", self.max_length, 1, "it counts the prompt too; or set max_new_tokens")
-        _check_int("min_new_tokens", self.min_new_tokens, 0, "use 0 to allow eos right away")
-        # Known here unless max_length sets it from the prompt's length (then resolve_length checks it again).
-        max_new = self.max_new_tokens if self.max_new_tokens is not None or self.max_length is not None \
-            else DEFAULT_MAX_NEW_TOKENS
-        if max_new is not None and self.min_new_tokens > max_new:
-            raise ValueError(
-                f"min_new_tokens={self.min_new_tokens} exceeds max_new_tokens={max_new}: "
-                f"raise max_new_tokens to at least {self.min_new_tokens} or lower min_new_tokens"
-            )
-        if not isinstance(self.do_sample, bool):
-            raise ValueError(f"do_sample={self.do_sample!r} must be True or False")
-        if self.do_sample and not (_is_number(self.temperature) and 0 < self.temperature < math.inf):
-            raise ValueError(
-                f"temperature={self.temperature!r} must be > 0 when do_sample=True: use e.g. 0.7 "
-                "(1.0 leaves the distribution as is), or do_sample=False for greedy decoding"
-            )
-        if self.top_k is not None:
-            _check_int("top_k", self.top_k, 0, "use e.g. 50, or 0 / None to turn top-k filtering off")
-        if not (_is_number(self.top_p) and 0 < self.top_p <= 1):
-            raise ValueError(
-                f"top_p={self.top_p!r} is outside (0, 1]: use a probability such as 0.9 "
-                "(1.0 turns nucleus filtering off)"
-            )
-        if not (_is_number(self.repetition_penalty) and 0 < self.repetition_penalty < math.inf):
-            raise ValueError(
-                f"repetition_penalty={self.repetition_penalty!r} must be > 0: 1.0 turns it off, "
-                "values above 1 (e.g. 1.2) discourage repeats"
-            )
-        _check_int("no_repeat_ngram_size", self.no_repeat_ngram_size, 0, "use 0 to turn it off, or e.g. 3")
-        _check_int("num_beams", self.num_beams, 1, "use 1 for greedy / sampling, or e.g. 4 for beam search")
-        if not (_is_number(self.length_penalty) and math.isfinite(self.length_penalty)):
-            raise ValueError(f"length_penalty={self.length_penalty!r} must be a finite number, e.g. 1.0")
-        if not (isinstance(self.early_stopping, bool) or self.early_stopping == "never"):
-            raise ValueError(f"early_stopping={self.early_stopping!r} must be True, False or 'never'")
-        _check_int("num_return_sequences", self.num_return_sequences, 1, "use 1 or more")
-        if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
-            raise ValueError(
-                f"num_return_sequences={self.num_return_sequences} exceeds num_beams={self.num_beams}: "
-                "beam search keeps num_beams sequences per prompt; "
-                f"set num_beams >= {self.num_return_sequences} or lower num_return_sequences"
-            )
-        if self.num_beams == 1 and not self.do_sample and self.num_return_sequences > 1:
-            raise ValueError(
-                f"num_return_sequences={self.num_return_sequences} with greedy decoding (num_beams=1, "
-                "do_sample=False) would return identical copies: set do_sample=True or num_beams >= "
-                f"{self.num_return_sequences}"
-            )
-        if isinstance(self.eos_token_id, list):
-            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
-        if isinstance(self.eos_token_id, tuple):
-            if not self.eos_token_id:
-                raise ValueError("eos_token_id=[] names no token: use None to never stop at an eos token")
-            for token in self.eos_token_id:
-                _check_int("eos_token_id", token, 0, "token ids are non-negative")
-        elif self.eos_token_id is not None and self.eos_token_id is not FROM_MODEL:
-            _check_int("eos_token_id", self.eos_token_id, 0, "token ids are non-negative")
-        if self.pad_token_id is not None and self.pad_token_id is not FROM_MODEL:
-            _check_int("pad_token_id", self.pad_token_id, 0, "token ids are non-negative")
-        if self.seed is not None:
-            _check_int("seed", self.seed, 0, "use a non-negative integer, or None for torch's global RNG")
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _check_int(name: str, value: object, minimum: int, fix: str) -> None:
-    """value must be an int >= minimum."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}: {fix}")
-
-
-_HINTS = {"min_length": "use min_new_tokens"}
-OFF_VALUES = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "repetition_penalty": 1.0,
-              "no_repeat_ngram_size": 0, "min_new_tokens": 0}
-
-
-def with_options(config: GenerationConfig, options: dict[str, object]) -> GenerationConfig:
-    """config with some fields replaced; unknown names raise TypeError listing the valid ones."""
-    names = [f.name for f in dataclasses.fields(GenerationConfig)]
-    unknown = [key for key in options if key not in names]
-    if unknown:
-        hints = "".join(f" ({key}: {_HINTS[key]})" for key in unknown if key in _HINTS)
-        raise TypeError(
-            f"unknown generation option(s) {', '.join(unknown)}{hints}; valid options: {', '.join(names)}"
-        )
-    # transformers reads None as "off" for these (generate(temperature=None) samples unscaled).
-    options = {key: OFF_VALUES[key] if value is None and key in OFF_VALUES else value for key, value in options.items()}
-    return dataclasses.replace(config, **options)
-
-
-def resolve_length(config: GenerationConfig, prompt_len: int, n_positions: int | None = None) -> GenerationConfig:
-    """config with max_new_tokens set from max_new_tokens, max_length or the default, as transformers does."""
-    if config.max_new_tokens is not None:
-        new = config.max_new_tokens
-    elif config.max_length is not None:
-        if n_positions is not None and config.max_length > n_positions:
-            raise ValueError(f"max_length={config.max_length} exceeds n_positions {n_positions}: lower max_length "
-                             f"to {n_positions} or fewer (it counts the prompt)")
-        new = config.max_length - prompt_len
-        if new < 1:
-            raise ValueError(
-                f"input_ids has {prompt_len} tokens but max_length={config.max_length}, which counts the prompt: "
-                f"raise max_length above {prompt_len}, or set max_new_tokens (new tokens only)"
-            )
-    else:  # transformers: max_length 20 counted from the prompt's end, capped at the position table
-        room = n_positions - prompt_len if n_positions is not None else DEFAULT_MAX_NEW_TOKENS
-        new = min(DEFAULT_MAX_NEW_TOKENS, room)
-        if new < 1:
-            raise ValueError(f"input_ids has {prompt_len} tokens, which fills n_positions {n_positions}: shorten "
-                             f"the prompt below {n_positions} tokens")
-    if config.min_new_tokens > new:  # a length set by max_length or the position table, not by max_new_tokens
-        fits = n_positions is None or prompt_len + config.min_new_tokens <= n_positions
-        if config.max_new_tokens is None and config.max_length is not None and fits:
-            why = (f"max_length={config.max_length} leaves after a {prompt_len}-token prompt: raise max_length to "
-                   f"{prompt_len + config.min_new_tokens} or lower min_new_tokens")
-        else:
-            why = (f"n_positions {n_positions} leaves after a {prompt_len}-token prompt: shorten the prompt or lower "
-                   "min_new_tokens")
-        raise ValueError(f"min_new_tokens={config.min_new_tokens} exceeds the {new} new tokens {why}")
-    return dataclasses.replace(config, max_new_tokens=new, max_length=None)
+    _EOS_NONE = "use None to never stop at an eos token"
+    _SEED_NONE = "or None for torch's global RNG"
 
 
 # ---- logits processors: pure functions, numerically transformers' classes ---------------------------
@@ -230,11 +87,11 @@ def no_repeat_ngram(input_ids: torch.Tensor, scores: torch.Tensor, ngram_size: i
     return scores
 
 
-def suppress_eos(
-    input_ids: torch.Tensor, scores: torch.Tensor, eos: torch.Tensor, min_length: int
+def min_new_tokens_filter(
+    input_ids: torch.Tensor, scores: torch.Tensor, eos: torch.Tensor, prompt_len: int, min_new_tokens: int
 ) -> torch.Tensor:
-    """-inf on the eos ids while rows are shorter than min_length (prompt + min_new_tokens)."""
-    if input_ids.shape[-1] >= min_length:
+    """-inf on the eos ids while fewer than min_new_tokens tokens are new (MinNewTokensLengthLogitsProcessor)."""
+    if input_ids.shape[-1] - prompt_len >= min_new_tokens:
         return scores
     is_eos = torch.isin(torch.arange(scores.shape[-1], device=scores.device), eos)  # (V,)
     return torch.where(is_eos, -math.inf, scores)
@@ -269,7 +126,7 @@ def logits_processors(config: GenerationConfig, eos: torch.Tensor | None, prompt
     if config.no_repeat_ngram_size > 0:
         processors.append(lambda ids, s: no_repeat_ngram(ids, s, config.no_repeat_ngram_size))
     if config.min_new_tokens > 0 and eos is not None:
-        processors.append(lambda ids, s: suppress_eos(ids, s, eos, prompt_len + config.min_new_tokens))
+        processors.append(lambda ids, s: min_new_tokens_filter(ids, s, eos, prompt_len, config.min_new_tokens))
     if config.do_sample:
         # Beam sampling keeps one token more than there are eos ids, so a beam can always continue.
         keep = (len(eos) + 1 if eos is not None else 2) if config.num_beams > 1 else 1
@@ -566,11 +423,11 @@ class GenerationMixin:
                 "generation_config must be a models.generation.GenerationConfig, "
                 f"got {type(generation_config).__name__}"
             )
-        config = with_options(generation_config, options)
+        config = generation_config.with_overrides(**options)
         model_config = self.config
         eos, pad = _special_tokens(config, model_config)
         _check_inputs(model_config, config, input_ids, attention_mask)
-        config = resolve_length(config, input_ids.shape[1], model_config.n_positions)
+        config = config.resolved(input_ids.shape[1], model_config.n_positions)
         _check_length(model_config, config, input_ids.shape[1])
         device = self.device
         input_ids = input_ids.to(device)

@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["DEFAULT_MAX_NEW_TOKENS", "FROM_MODEL", "OFF_VALUES", "GenerationOptions", "check_int", "is_number"]
+__all__ = [
+    "DEFAULT_MAX_NEW_TOKENS", "FROM_MODEL", "OFF_VALUES", "FromModel", "GenerationOptions", "check_int", "is_number",
+]
 
 DEFAULT_MAX_NEW_TOKENS = 20  # transformers' max_length 20, which it counts from the prompt's end when left unset
 # transformers reads None as "off" for these (generate(temperature=None) samples unscaled).
@@ -25,11 +27,13 @@ OFF_VALUES = {"do_sample": False, "temperature": 1.0, "top_p": 1.0, "repetition_
 _HINTS = {"min_length": "use min_new_tokens"}
 
 
-class _Default(enum.Enum):
+class FromModel(enum.Enum):
+    """The type of FROM_MODEL."""
+
     FROM_MODEL = "from the model config"
 
 
-FROM_MODEL = _Default.FROM_MODEL  # an eos / pad default read from the model's config when generation starts
+FROM_MODEL = FromModel.FROM_MODEL  # an eos / pad default read from the model's config when generation starts
 
 
 def is_number(value: object) -> bool:

@@ -20,9 +20,9 @@ from transformers.generation import logits_process as hf  # noqa: E402
 
 from models.generation import (  # noqa: E402
     GenerationConfig,
+    min_new_tokens_filter,
     no_repeat_ngram,
     repetition_penalty,
-    suppress_eos,
     temperature_scale,
     top_k_filter,
     top_p_filter,
@@ -284,12 +284,12 @@ def test_no_repeat_ngram_equals_transformers(n):
 
 
 @pytest.mark.parametrize("length", [5, 9, 10, 12])
-def test_suppress_eos_equals_min_new_tokens_and_min_length_processors(length):
+def test_min_new_tokens_filter_equals_min_new_tokens_and_min_length_processors(length):
     ids, scores, eos = _ids()[:, :length], _scores(), torch.tensor([3, 7])
     new_tokens = hf.MinNewTokensLengthLogitsProcessor(6, 4, eos)(ids, scores)
     min_length = hf.MinLengthLogitsProcessor(10, eos)(ids, scores)
     assert torch.equal(new_tokens, min_length)
-    assert torch.equal(suppress_eos(ids, scores, eos, 10), new_tokens)
+    assert torch.equal(min_new_tokens_filter(ids, scores, eos, 0, 10), new_tokens)
 
 
 @pytest.mark.parametrize("t", [0.3, 0.7, 1.0, 2.5])

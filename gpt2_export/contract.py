@@ -6,7 +6,7 @@ CUDA graphs cannot take. Double heads flatten (batch, num_choices) into the cach
 
 from __future__ import annotations
 
-from runtime.manifest import IOContract, TensorSpec
+from runtime.manifest import IOContract, TensorSpec, past_names, present_names
 
 BATCH = "batch_size"
 SEQUENCE = "sequence_length"
@@ -18,14 +18,7 @@ BATCH_CHOICES = "batch_size * num_choices"
 MAIN_OUTPUT = {"base": "last_hidden_state", "lm": "logits", "seq-cls": "logits", "double-heads": "logits"}
 
 
-def past_names(n_layer: int) -> list[str]:
-    """past_key_values.{i}.key / .value, in graph input order."""
-    return [f"past_key_values.{i}.{kind}" for i in range(n_layer) for kind in ("key", "value")]
-
-
-def present_names(n_layer: int) -> list[str]:
-    """present.{i}.key / .value, in graph output order."""
-    return [f"present.{i}.{kind}" for i in range(n_layer) for kind in ("key", "value")]
+__all__ = ["MAIN_OUTPUT", "io_contract", "past_names", "present_names"]  # the cache names live in runtime.manifest
 
 
 def io_contract(head: str, n_layer: int, num_heads: list[int], head_dim: int, hidden: int, vocab: int,

@@ -27,7 +27,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 import models
-from runtime.manifest import IOContract, TensorSpec
+from runtime.manifest import IOContract, TensorSpec, past_name, present_name
 
 from .contract import BATCH, PAST, SEQUENCE, TOTAL, past_names, present_names
 
@@ -194,8 +194,8 @@ class FusedGraphBuilder:
                         name=f"{prefix}.attn.c_attn.add_bias")[0]
         split = self.weight(f"{prefix}.attn.split", np.array([c.n_embd] * 3, dtype=np.int64))
         q, k, v = self.node("Split", [qkv, split], 3, name=f"{prefix}.attn.split_qkv", axis=-1)
-        past_k, past_v = f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"
-        present = [f"present.{layer}.key", f"present.{layer}.value"]
+        past_k, past_v = past_name(layer, "key"), past_name(layer, "value")
+        present = [present_name(layer, "key"), present_name(layer, "value")]
         out = f"{prefix}.attn/out"
         if self.kv_cache == "growing":
             self.node("MultiHeadAttention", [q, k, v, "", mask_inputs["key_padding_mask"], "", past_k, past_v],

@@ -18,7 +18,7 @@ import onnxruntime as ort
 import torch
 
 import models
-from runtime.manifest import Manifest
+from runtime.manifest import Manifest, past_name, present_name
 
 from .contract import MAIN_OUTPUT, past_names, present_names
 from .progress import Reporter, silent
@@ -186,7 +186,7 @@ class Validator:
     def _run_torch(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         f = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in feeds.items()}
         past = tuple(
-            (f[f"past_key_values.{i}.key"].float(), f[f"past_key_values.{i}.value"].float())
+            (f[past_name(i, "key")].float(), f[past_name(i, "value")].float())
             for i in range(self.n_layer)
         )
         kwargs = dict(attention_mask=f["attention_mask"], position_ids=f["position_ids"], past_key_values=past)
@@ -198,7 +198,7 @@ class Validator:
         if self.head == "double-heads":
             result["mc_logits"] = out.mc_logits
         for i, (k, v) in enumerate(out.past_key_values):
-            result[f"present.{i}.key"], result[f"present.{i}.value"] = k, v
+            result[present_name(i, "key")], result[present_name(i, "value")] = k, v
         return {name: t.numpy() for name, t in result.items()}
 
     def compare(self, case: Case, got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:

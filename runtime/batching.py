@@ -27,6 +27,7 @@ import numpy as np
 
 from .kv_cache import SharedKVCache
 from .logits_processors import logits_processors
+from .manifest import cache_names
 from .model import Model
 from .onnx_decoder import OnnxRuntimeBackend
 from .options import GenerationOptions
@@ -377,8 +378,7 @@ class BatchEngine:
 
     def _batch_cache(self) -> SharedKVCache:
         if self._cache is None:
-            names = [(f"past_key_values.{i}.{k}", f"present.{i}.{k}") for i in range(self.shape.n_layer)
-                     for k in ("key", "value")]
+            names = cache_names(self.shape.n_layer)
             dtype = "float16" if self.model.manifest.dtype == "fp16" else "float32"
             self._cache = SharedKVCache(names, [self.shape.n_head] * len(names), self.shape.head_dim,
                                         self.max_batch, self.max_length, dtype, "cpu")

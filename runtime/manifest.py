@@ -16,6 +16,34 @@ MANIFEST_NAME = "export.json"
 FORMAT = "gpt2-export"
 FORMAT_VERSION = 1
 HEADS = ("base", "lm", "double-heads", "seq-cls")
+CACHE_KINDS = ("key", "value")
+PAST_PREFIX = "past_key_values."  # Optimum's cache input names: past_key_values.{layer}.{key|value}
+PRESENT_PREFIX = "present."  # and the outputs that feed them next step: present.{layer}.{key|value}
+
+
+def past_name(layer: int, kind: str) -> str:
+    """The graph input holding layer's cached keys or values: past_key_values.{layer}.{kind}."""
+    return f"{PAST_PREFIX}{layer}.{kind}"
+
+
+def present_name(layer: int, kind: str) -> str:
+    """The graph output holding layer's keys or values after this step: present.{layer}.{kind}."""
+    return f"{PRESENT_PREFIX}{layer}.{kind}"
+
+
+def cache_names(n_layer: int) -> list[tuple[str, str]]:
+    """(past input, present output) name pairs, key then value per layer, in graph order."""
+    return [(past_name(i, kind), present_name(i, kind)) for i in range(n_layer) for kind in CACHE_KINDS]
+
+
+def past_names(n_layer: int) -> list[str]:
+    """past_key_values.{i}.key / .value, in graph input order."""
+    return [past for past, _ in cache_names(n_layer)]
+
+
+def present_names(n_layer: int) -> list[str]:
+    """present.{i}.key / .value, in graph output order."""
+    return [present for _, present in cache_names(n_layer)]
 
 
 class ManifestError(ValueError):

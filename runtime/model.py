@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .decoding import generate
-from .manifest import Manifest
+from .manifest import CACHE_KINDS, PAST_PREFIX, Manifest, past_name
 from .onnx_decoder import OnnxRuntimeBackend
 from .options import GenerationOptions
 from .providers import DEVICE_OF, check_contract, create_session
@@ -250,7 +250,7 @@ class Model:
         if missing:
             raise ValueError(f"forward() needs {', '.join(missing)} as well: pass input_ids, attention_mask and "
                              "position_ids")
-        if self.manifest.kv_cache == "shared" and not any(name.startswith("past_key_values.") for name in feeds):
+        if self.manifest.kv_cache == "shared" and not any(name.startswith(PAST_PREFIX) for name in feeds):
             ids = feeds["input_ids"]
             decoder = self.backend.decoder(ids.shape[0], ids.shape[1])
             return {"logits": decoder.forward(ids, feeds["attention_mask"], feeds["position_ids"])}
@@ -260,8 +260,8 @@ class Model:
         heads = list(shape.num_heads_per_layer) or [shape.n_head] * shape.n_layer
         dtype = np.float16 if self.manifest.dtype == "fp16" else np.float32
         for i in range(shape.n_layer):
-            for kind in ("key", "value"):
-                full.setdefault(f"past_key_values.{i}.{kind}", np.zeros((rows, heads[i], 0, shape.head_dim), dtype))
+            for kind in CACHE_KINDS:
+                full.setdefault(past_name(i, kind), np.zeros((rows, heads[i], 0, shape.head_dim), dtype))
         if getattr(self.backend, "last_only", False):  # the session keeps 1 position for decoding: ask for every one
             full.setdefault(LOGITS_TO_KEEP, np.zeros(1, dtype=np.int64))
         return self.backend.run(full)

@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 
 from .kv_cache import NUMPY_TYPES, KVCache, SharedKVCache
-from .manifest import Manifest
+from .manifest import CACHE_KINDS, Manifest, cache_names
 
 
 class OnnxDecoder:
@@ -22,11 +22,8 @@ class OnnxDecoder:
         self.session = session
         shape = manifest.shape
         heads = list(shape.num_heads_per_layer) or [shape.n_head] * shape.n_layer
-        names, tensor_heads = [], []
-        for i in range(shape.n_layer):
-            for kind in ("key", "value"):
-                names.append((f"past_key_values.{i}.{kind}", f"present.{i}.{kind}"))
-                tensor_heads.append(heads[i])
+        names = cache_names(shape.n_layer)
+        tensor_heads = [heads[i] for i in range(shape.n_layer) for _ in CACHE_KINDS]
         float_type = "float16" if manifest.dtype == "fp16" else "float32"
         self.logits_dtype = NUMPY_TYPES[float_type]
         self.cache = KVCache(names, tensor_heads, shape.head_dim, batch, max_length, float_type, device)
@@ -68,8 +65,7 @@ class SharedCacheDecoder:
     def __init__(self, session: ort.InferenceSession, manifest: Manifest, device: str, batch: int, max_length: int):
         self.session = session
         shape = manifest.shape
-        names = [(f"past_key_values.{i}.{kind}", f"present.{i}.{kind}")
-                 for i in range(shape.n_layer) for kind in ("key", "value")]
+        names = cache_names(shape.n_layer)
         heads = [shape.n_head] * len(names)
         float_type = "float16" if manifest.dtype == "fp16" else "float32"
         self.logits_dtype = NUMPY_TYPES[float_type]

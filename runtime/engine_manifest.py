@@ -25,7 +25,7 @@ from typing import Any
 
 from .manifest import read_versioned_json
 
-ENGINE_MANIFEST = "engine.json"
+ENGINE_MANIFEST = "engine.json"  # written by `gpt2-export build-engine` beside the serialized engine
 ENGINE_FILE = "model.engine"
 TIMING_CACHE = "timing.cache"
 FORMAT = "gpt2-export-engine"

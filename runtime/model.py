@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from .decoding import generate
+from .engine_manifest import ENGINE_MANIFEST
 from .manifest import CACHE_KINDS, PAST_PREFIX, Manifest, past_name
 from .onnx_decoder import OnnxRuntimeBackend
 from .options import GenerationOptions
@@ -25,7 +26,6 @@ from .tokenizer import Tokenizer, TokenizerNotFoundError
 
 GENERATING_HEADS = ("lm",)
 LOGITS_TO_KEEP = "logits_to_keep"  # optional input of fused LM graphs: logits for the last k positions only
-ENGINE_MANIFEST = "engine.json"  # written by `gpt2-export build-engine` beside the serialized engine
 
 
 @dataclass

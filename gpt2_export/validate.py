@@ -18,7 +18,7 @@ import onnxruntime as ort
 import torch
 
 import models
-from runtime.manifest import Manifest, past_name, present_name
+from runtime.manifest import PRESENT_PREFIX, Manifest, past_name, present_name
 
 from .contract import MAIN_OUTPUT, past_names, present_names
 from .progress import Reporter, silent
@@ -204,7 +204,7 @@ class Validator:
     def compare(self, case: Case, got: dict[str, np.ndarray], want: dict[str, np.ndarray]) -> None:
         for name, expected in want.items():
             if name not in got:
-                if not (self.shared and name.startswith("present.")):  # in-place caches keep their own layout
+                if not (self.shared and name.startswith(PRESENT_PREFIX)):  # in-place caches keep their own layout
                     self.result.problems.append(
                         f"{case.name}: the graph has no output {name!r}: it does not match export.json's "
                         f"{self.head} head; re-export the checkpoint"
@@ -239,7 +239,7 @@ class Validator:
 
     def _compare_mask(self, name: str, case: Case, shape: tuple[int, ...]) -> np.ndarray:
         """Where an output is meaningful: real query tokens for hidden/logits, real keys for presents."""
-        if name.startswith("present."):
+        if name.startswith(PRESENT_PREFIX):
             return np.broadcast_to(case.key_mask.astype(bool)[:, None, :, None], shape)
         if name == "mc_logits" and self.config.summary_type != "cls_index":
             # first / mean / last summaries read pad positions too: only batch rows without padding are defined.

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .manifest import read_versioned_json
+from .manifest import PAST_PREFIX, read_versioned_json
 
 ENGINE_MANIFEST = "engine.json"  # written by `gpt2-export build-engine` beside the serialized engine
 ENGINE_FILE = "model.engine"
@@ -31,7 +31,6 @@ TIMING_CACHE = "timing.cache"
 FORMAT = "gpt2-export-engine"
 FORMAT_VERSION = 1
 CONTEXT, GENERATION = "context", "generation"
-PAST_PREFIX = "past_key_values."
 
 
 class EngineManifestError(ValueError):

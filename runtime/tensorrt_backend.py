@@ -46,7 +46,7 @@ from .engine_manifest import (
     check_shape,
     choose_profile,
 )
-from .manifest import IOContract, Manifest, TensorSpec
+from .manifest import PAST_PREFIX, PRESENT_PREFIX, IOContract, Manifest, TensorSpec
 
 TENSORRT_HINT = "pip install tensorrt-cu12 on a machine with an NVIDIA GPU; see README"
 CUDA_PYTHON_HINT = "pip install cuda-python on a machine with an NVIDIA GPU; see README"
@@ -222,7 +222,7 @@ class BufferPlan:
 
     @classmethod
     def for_call(cls, io: IOContract, batch: int, max_length: int) -> BufferPlan:
-        pasts = [s for s in io.inputs if s.name.startswith("past_key_values.")]
+        pasts = [s for s in io.inputs if s.name.startswith(PAST_PREFIX)]
         main = io.outputs[0]
         return cls(
             batch=batch,
@@ -326,7 +326,7 @@ def step_dims(io: IOContract, batch: int, new_tokens: int, past: int) -> dict[st
     """The symbolic axes of the contract for one step, read off the contract's own names."""
     specs = {s.name: s for s in io.inputs}
     ids, mask = specs["input_ids"], specs["attention_mask"]
-    past_spec = next(s for s in io.inputs if s.name.startswith("past_key_values."))
+    past_spec = next(s for s in io.inputs if s.name.startswith(PAST_PREFIX))
     return {ids.shape[0]: batch, ids.shape[-1]: new_tokens, past_spec.shape[2]: past, mask.shape[-1]: past + new_tokens}
 
 
@@ -337,8 +337,8 @@ class TensorRTDecoder:
                  io: IOContract):
         self.slot, self.cuda, self.plan, self.profiles, self.io = slot, cuda, plan, profiles, io
         self.kv_names = [
-            (s.name, "present." + s.name[len("past_key_values."):])
-            for s in io.inputs if s.name.startswith("past_key_values.")
+            (s.name, PRESENT_PREFIX + s.name[len(PAST_PREFIX):])
+            for s in io.inputs if s.name.startswith(PAST_PREFIX)
         ]
         self.logits_name = io.outputs[0].name
         self.logits_dtype = NUMPY_TYPES[io.outputs[0].dtype]
@@ -463,7 +463,7 @@ class TensorRTBackend:
             for axis, size in zip(spec.shape, shape, strict=True):
                 if isinstance(axis, str) and dims.setdefault(axis, size) != size:
                     raise ValueError(f"{spec.name} has {axis} = {size}, other inputs say {dims[axis]}")
-        past_spec = next(s for s in io.inputs if s.name.startswith("past_key_values."))
+        past_spec = next(s for s in io.inputs if s.name.startswith(PAST_PREFIX))
         profile = choose_profile(self.profiles, arrays[past_spec.name].shape[2], arrays["input_ids"].shape[-1])
         for name, array in arrays.items():
             check_shape(profile, name, array.shape)

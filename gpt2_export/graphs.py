@@ -72,7 +72,7 @@ class DecoderGraph(nn.Module):
         mask = additive_mask(attention_mask, input_ids, hidden.dtype, self.mask_value)  # (B, 1, T, S)
         presents = []
         for i, block in enumerate(base.h):
-            inputs = KernelInputs(mask=mask, is_causal=False, head_mask=None, scale=block.attn.scale, dropout_p=0.0)
+            inputs = KernelInputs(mask=mask, is_causal=False, head_mask=None, scale=block.attn.scale)
             out = block(hidden, (past[2 * i], past[2 * i + 1]), inputs, KERNEL, use_cache=True)
             hidden = out.hidden_states
             presents.extend(out.present)

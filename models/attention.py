@@ -46,7 +46,12 @@ class KernelInputs:
     is_causal: bool  # only read when mask is None
     head_mask: torch.Tensor | None  # (B or 1, nh, 1, 1)
     scale: float
-    dropout_p: float
+
+
+def attention_dropout_p(module: GPT2Attention) -> float:
+    """The dropout p that SDPA and flash apply: the module's `attn_dropout.p` while it trains, as transformers 4.57."""
+    # Read from the module, not config.attn_pdrop: trainers turn dropout off by setting the modules' p.
+    return module.attn_dropout.p if module.training else 0.0
 
 
 def eager_attention(module: GPT2Attention, q, k, v, inputs: KernelInputs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -93,7 +98,7 @@ def sdpa_attention(module: GPT2Attention, q, k, v, inputs: KernelInputs):
         k,
         v,
         attn_mask=inputs.mask,
-        dropout_p=inputs.dropout_p,
+        dropout_p=attention_dropout_p(module),
         is_causal=inputs.mask is None and inputs.is_causal,
         scale=inputs.scale,
     )  # (B, nh, T, hs)
@@ -120,9 +125,10 @@ def flash_attention(module: GPT2Attention, q, k, v, inputs: KernelInputs):
     from flash_attn import flash_attn_func, flash_attn_varlen_func
 
     causal = not module.is_cross_attention
+    dropout_p = attention_dropout_p(module)
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, T|S, nh, hs)
     if inputs.mask is None:
-        out = flash_attn_func(q, k, v, dropout_p=inputs.dropout_p, softmax_scale=inputs.scale, causal=causal)
+        out = flash_attn_func(q, k, v, dropout_p=dropout_p, softmax_scale=inputs.scale, causal=causal)
         return out, None  # (B, T, nh, hs)
     b, t = q.shape[:2]
     key_mask = inputs.mask.bool()  # (B, S)
@@ -140,7 +146,7 @@ def flash_attention(module: GPT2Attention, q, k, v, inputs: KernelInputs):
         cu_seqlens_k=cu_k,
         max_seqlen_q=int(q_lens.max()),
         max_seqlen_k=int(k_lens.max()),
-        dropout_p=inputs.dropout_p,
+        dropout_p=dropout_p,
         softmax_scale=inputs.scale,
         causal=causal,
     )  # (sum T_b, nh, hs)

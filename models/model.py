@@ -136,7 +136,6 @@ class GPT2Model(GPT2PreTrainedModel):
         self_mask = self._self_attention_mask(
             implementation, attention_mask, position_ids, past, batch_size, seq_len, past_len, use_cache, dtype, device
         )
-        dropout_p = config.attn_pdrop if self.training else 0.0
         cross_mask = None
         if encoder_hidden_states is not None:
             if not config.add_cross_attention:
@@ -157,12 +156,9 @@ class GPT2Model(GPT2PreTrainedModel):
             hidden_states = hidden_states.to(block_device)  # model-parallel: follow the blocks across devices
             if all_hidden is not None:
                 all_hidden.append(hidden_states)
-            self_inputs = KernelInputs(
-                _to(self_mask, block_device), seq_len > 1, _to(head_masks[i], block_device), scales[i], dropout_p
-            )
-            cross_inputs = KernelInputs(
-                _to(cross_mask, block_device), False, _to(head_masks[i], block_device), scales[i], dropout_p
-            )
+            block_head_mask = _to(head_masks[i], block_device)
+            self_inputs = KernelInputs(_to(self_mask, block_device), seq_len > 1, block_head_mask, scales[i])
+            cross_inputs = KernelInputs(_to(cross_mask, block_device), False, block_head_mask, scales[i])
             layer_past = past[i] if past is not None else None
             encoder_states = _to(encoder_hidden_states, block_device)
             if self.gradient_checkpointing and self.training:

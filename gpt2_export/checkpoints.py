@@ -47,4 +47,20 @@ def load_reference(
         tok_source = "its own vocabulary"
     except TokenizerNotFoundError:
         tokenizer, tok_source = Tokenizer.gpt2(), "the bundled GPT-2 vocabulary"
+    check_tokenizer_fits(tokenizer, loaded.config.vocab_size, folder or model)
     return ReferenceModel(loaded, tokenizer, f"{model} (tokenizer: {tok_source})", folder, random_weights=False)
+
+
+def check_tokenizer_fits(tokenizer: Tokenizer, vocab_size: int, where: str | Path) -> None:
+    """Refuse a tokenizer with ids the model has no embedding (nor logit) for; a smaller vocabulary is fine."""
+    if tokenizer.vocab_size > vocab_size:
+        past = sorted(i for i in range(vocab_size, tokenizer.vocab_size) if i not in tokenizer.unassigned_ids)
+        named = {token_id: text for text, token_id in tokenizer.added_tokens.items()}
+        shown = ", ".join(f"{i} ({named[i]!r})" if i in named else str(i) for i in past[:5])
+        raise ValueError(
+            f"{where}: the tokenizer has ids up to {tokenizer.vocab_size - 1} but config.json's vocab_size is "
+            f"{vocab_size}, so the model has no embedding for {len(past)} of them ({shown}"
+            f"{', ...' if len(past) > 5 else ''}): resize the model to the tokenizer "
+            "(transformers' model.resize_token_embeddings(len(tokenizer))) and save it again, or use the tokenizer "
+            "it was trained with"
+        )

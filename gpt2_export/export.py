@@ -19,6 +19,7 @@ import onnxruntime
 import torch
 
 import models
+from runtime.bpe_vocab import TOKENIZER_JSON
 from runtime.manifest import MANIFEST_NAME, IOContract, Manifest, ModelShape, TensorSpec
 from runtime.tokenizer import ADDED_TOKENS, GPT2_RANKS_RESOURCE
 
@@ -320,12 +321,17 @@ def save_onnx(proto: onnx.ModelProto, path: Path, external_data: bool | None) ->
 
 
 def write_tokenizer(ref: ReferenceModel, folder: Path) -> list[str]:
-    """Copy the checkpoint's vocab.json + merges.txt, or write the bundled GPT-2 ranks for the default model."""
+    """Copy the checkpoint's tokenizer files the runtime reads (vocab.json + merges.txt, else tokenizer.json, else
+    a *.tiktoken), or write the bundled GPT-2 ranks for the default model."""
     if ref.folder is not None and all((ref.folder / name).is_file() for name in TOKENIZER_FILES):
         names = [*TOKENIZER_FILES, *([ADDED_TOKENS] if (ref.folder / ADDED_TOKENS).is_file() else [])]
         for name in names:
             shutil.copyfile(ref.folder / name, folder / name)
         return names
+    if ref.folder is not None and (ref.folder / TOKENIZER_JSON).is_file():
+        # A tokenizers-only checkpoint; lm exports then rewrite it for onnxruntime-genai from the same vocabulary.
+        shutil.copyfile(ref.folder / TOKENIZER_JSON, folder / TOKENIZER_JSON)
+        return [TOKENIZER_JSON]
     if ref.folder is not None:
         ranks = sorted(ref.folder.glob("*.tiktoken"))
         if ranks:

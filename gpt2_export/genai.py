@@ -27,11 +27,19 @@ import json
 from pathlib import Path
 from typing import Any
 
+from runtime.bpe_vocab import (
+    ADDED_TOKENS,
+    ENDOFTEXT,
+    TOKENIZER_JSON,
+    BPEVocabulary,
+    byte_symbol,
+    bytes_to_unicode,
+    read_bpe_files,
+    read_tokenizer_json,
+)
 from runtime.manifest import Manifest
-from runtime.tokenizer import ADDED_TOKENS, ENDOFTEXT, bytes_to_unicode, merge_added_tokens, read_added_tokens
 
 GENAI_CONFIG = "genai_config.json"
-TOKENIZER_JSON = "tokenizer.json"
 TOKENIZER_CONFIG = "tokenizer_config.json"
 
 # Each past/present tensor of layer i, as genai's name templates; the graph's names are exactly these.
@@ -166,32 +174,33 @@ def _vocab_from_tiktoken(path: Path) -> tuple[dict[str, int], list[str], dict[st
     return vocab, merges, {ENDOFTEXT: len(ranks)}
 
 
-def _vocab_from_bpe_files(folder: Path) -> tuple[dict[str, int], list[str], dict[str, int]]:
-    """vocab.json and merges.txt as they are; vocab entries no merge builds are the added (special) tokens."""
-    vocab = json.loads((folder / "vocab.json").read_text(encoding="utf-8"))
-    lines = (folder / "merges.txt").read_text(encoding="utf-8").splitlines()
-    merges = [line for n, line in enumerate(lines) if line.strip() and not (n == 0 and line.startswith("#version"))]
-    built = set(bytes_to_unicode().values()) | {"".join(m.split()) for m in merges}
-    added = {token: token_id for token, token_id in vocab.items() if token not in built}
-    if (folder / ADDED_TOKENS).is_file():  # tokenizer.add_tokens / add_special_tokens, checked as runtime does
-        source = folder / ADDED_TOKENS
-        added = merge_added_tokens(added, read_added_tokens(source, 256 + len(merges)), source)
-    bpe = {token: token_id for token, token_id in vocab.items() if token in built}
-    return bpe, merges, added
+def _vocab_from_runtime_files(folder: Path) -> tuple[dict[str, int], list[str], dict[str, int], BPEVocabulary]:
+    """vocab, merges and added tokens of the folder's vocab.json + merges.txt (+ added_tokens.json) or tokenizer.json,
+    read and checked by the runtime's reader, so genai's tokenizer.json holds what the runtime runs."""
+    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
+        added = folder / ADDED_TOKENS
+        vocabulary = read_bpe_files(folder / "vocab.json", folder / "merges.txt", added if added.is_file() else None)
+    else:
+        vocabulary = read_tokenizer_json(folder / TOKENIZER_JSON)
+    vocab = {byte_symbol(token): token_id for token, token_id in vocabulary.tokens.items()}
+    merges = [f"{byte_symbol(a)} {byte_symbol(b)}" for a, b in vocabulary.merges or ()]
+    return vocab, merges, dict(vocabulary.added), vocabulary
 
 
 def tokenizer_files(folder: str | Path, manifest: Manifest) -> dict[str, dict[str, Any]] | None:
     """tokenizer.json and tokenizer_config.json (Hugging Face's GPT2TokenizerFast format) for the folder's
-    vocab.json + merges.txt or *.tiktoken; None when the folder has neither."""
+    vocab.json + merges.txt, tokenizer.json or *.tiktoken (the runtime's order); None when the folder has none."""
     folder = Path(folder)
-    if (folder / "vocab.json").is_file() and (folder / "merges.txt").is_file():
-        vocab, merges, added = _vocab_from_bpe_files(folder)
+    add_prefix_space = ignore_merges = False
+    if ((folder / "vocab.json").is_file() and (folder / "merges.txt").is_file()) or (folder / TOKENIZER_JSON).is_file():
+        vocab, merges, added, vocabulary = _vocab_from_runtime_files(folder)
+        add_prefix_space, ignore_merges = vocabulary.add_prefix_space, vocabulary.ignore_merges
     else:
         ranks = sorted(folder.glob("*.tiktoken"))
         if len(ranks) != 1:
             return None
         vocab, merges, added = _vocab_from_tiktoken(ranks[0])
-    byte_level = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": True, "use_regex": True}
+    byte_level = {"type": "ByteLevel", "add_prefix_space": add_prefix_space, "trim_offsets": True, "use_regex": True}
     tokenizer = {
         "version": "1.0",
         "truncation": None,
@@ -213,6 +222,7 @@ def tokenizer_files(folder: str | Path, manifest: Manifest) -> dict[str, dict[st
             "end_of_word_suffix": "",
             "fuse_unk": False,
             "byte_fallback": False,
+            "ignore_merges": ignore_merges,
             "vocab": {**vocab, **added},
             "merges": merges,
         },
@@ -220,7 +230,7 @@ def tokenizer_files(folder: str | Path, manifest: Manifest) -> dict[str, dict[st
     eos_text = ENDOFTEXT if ENDOFTEXT in added else None
     config = {
         "add_bos_token": False,
-        "add_prefix_space": False,
+        "add_prefix_space": add_prefix_space,
         "bos_token": eos_text,
         "eos_token": eos_text,
         "unk_token": eos_text,

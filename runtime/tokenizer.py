@@ -1,22 +1,31 @@
-"""GPT-2's byte-level BPE tokenizer on tiktoken, with no torch dependency.
+"""GPT-2-style byte-level BPE tokenizers, with no torch dependency: tiktoken where it is exact, else tokenizers.
 
-References: tiktoken's `gpt2` / `r50k_base` encodings (`tiktoken_ext/openai_public.py`) for the
-pattern and the ranks format, and transformers' `GPT2Tokenizer` (`tokenization_gpt2.py`) for the
-vocab.json + merges.txt format and its `bytes_to_unicode` table; the tests use the latter as oracle.
+References: tiktoken's `gpt2` / `r50k_base` encodings (`tiktoken_ext/openai_public.py`) for the pattern and the
+ranks format; Hugging Face tokenizers' BPE model and ByteLevel pre-tokenizer / decoder, the oracle for every
+vocabulary (tests/runtime/test_tokenizer_trained.py trains them); transformers' `GPT2Tokenizer`
+(`tokenization_gpt2.py`) for vocab.json + merges.txt.
 
-Vocabularies load from three sources: a checkpoint's vocab.json + merges.txt, a `*.tiktoken` ranks
-file, or the GPT-2 ranks bundled in `runtime/assets/`. None of them goes through `tiktoken.load`:
-its readers cache every file they read under the temp dir keyed by the *path* alone, so a file
-rewritten in place keeps loading its old contents, and `data_gym_to_mergeable_bpe_ranks` drops the
-first and last line of merges.txt unconditionally and checks the vocabulary with `assert`.
+Vocabularies load from a checkpoint's vocab.json + merges.txt (+ added_tokens.json), a tokenizer.json, a
+`*.tiktoken` ranks file, or the GPT-2 ranks bundled in `runtime/assets/` (runtime/bpe_vocab.py reads and checks
+them). Ids always come from the vocabulary and merge priority from merges.txt. Encoding runs on tiktoken (about
+8x faster than tokenizers on one 1 MB text here) when `bpe_vocab.tiktoken_ranks` proves its rule gives the merge
+list's tokens, as for GPT-2's own vocabulary and for ByteLevelBPETokenizer-trained ones (ids rising with merges),
+and on Hugging Face tokenizers otherwise. Decoding is the same for both: each id's bytes, joined, then UTF-8 with
+U+FFFD for invalid bytes.
+
+Special and added tokens (<|endoftext|>, <|pad|>, ...) decode to their text but are never produced by encode():
+their text in a prompt is encoded as plain text, as GPT-2's runtime always did (tiktoken's encode_ordinary), so
+a user's text cannot inject control tokens. tokenizers' own encode() splits them out instead; feed their ids
+directly where they are meant.
+
+None of this goes through `tiktoken.load`: its readers cache every file they read under the temp dir keyed by the
+*path* alone, so a file rewritten in place keeps loading its old contents, and `data_gym_to_mergeable_bpe_ranks`
+drops the first and last line of merges.txt unconditionally and checks the vocabulary with `assert`.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import codecs
-import json
 import operator
 from collections.abc import Iterable
 from importlib import resources
@@ -24,156 +33,65 @@ from pathlib import Path
 
 import tiktoken
 
-# GPT-2's pre-tokenizer split, as in the original encoder.py and transformers' GPT2Tokenizer.
+from .bpe_vocab import (
+    ADDED_TOKENS,
+    ENDOFTEXT,
+    TOKENIZER_JSON,
+    BPEVocabulary,
+    TokenizerNotFoundError,
+    byte_symbol,
+    bytes_to_unicode,
+    merge_added_tokens,
+    parse_tiktoken,
+    read_added_tokens,
+    read_bpe_files,
+    read_tokenizer_json,
+    tiktoken_ranks,
+)
+
+# GPT-2's pre-tokenizer split, as in the original encoder.py, transformers' GPT2Tokenizer and tokenizers' ByteLevel.
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
-ENDOFTEXT = "<|endoftext|>"
 GPT2_RANKS_RESOURCE = "assets/gpt2.tiktoken"
-ADDED_TOKENS = "added_tokens.json"  # transformers' file for tokenizer.add_tokens / add_special_tokens
+BACKENDS = ("tiktoken", "tokenizers")
+
+__all__ = [
+    "ADDED_TOKENS", "BACKENDS", "ENDOFTEXT", "GPT2_PATTERN", "GPT2_RANKS_RESOURCE", "TOKENIZER_JSON", "StreamDecoder",
+    "Tokenizer", "TokenizerNotFoundError", "bytes_to_unicode", "merge_added_tokens", "read_added_tokens",
+]
 
 
-class TokenizerNotFoundError(FileNotFoundError):
-    """No tokenizer files where a tokenizer was asked for."""
-
-
-def bytes_to_unicode() -> dict[int, str]:
-    """Return GPT-2's map from each byte to the printable character that stands for it in vocab.json."""
-    # Printable Latin-1 bytes stand for themselves; the other 68 are shifted past U+00FF, in order.
-    printable = [
-        *range(ord("!"), ord("~") + 1),
-        *range(ord("¡"), ord("¬") + 1),
-        *range(ord("®"), ord("ÿ") + 1),
-    ]
-    shifted = [b for b in range(256) if b not in printable]
-    table = {b: chr(b) for b in printable}
-    table.update({b: chr(256 + n) for n, b in enumerate(shifted)})
-    return table
-
-
-def _require_file(path: Path) -> None:
-    """Raise TokenizerNotFoundError unless path is an existing file."""
-    if not path.is_file():
-        raise TokenizerNotFoundError(f"tokenizer file {path} does not exist")
-
-
-def _parse_merges(text: str, source: Path) -> list[tuple[str, str]]:
-    """Return the merge pairs of a merges.txt, with or without its '#version' header and final newline."""
-    merges = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        if not line.strip() or (number == 1 and line.startswith("#version")):
-            continue
-        pair = line.split()
-        if len(pair) != 2:
-            raise ValueError(
-                f"{source} line {number}: expected two tokens separated by a space, got {line!r}"
-            )
-        merges.append((pair[0], pair[1]))
-    return merges
-
-
-def _ranks_from_merges(merges: list[tuple[str, str]], source: Path) -> dict[bytes, int]:
-    """Return tiktoken ranks: the 256 bytes in GPT-2's order, then one token per merge, in merge order."""
-    byte_encoder = bytes_to_unicode()
-    byte_decoder = {char: byte for byte, char in byte_encoder.items()}
-    # A merge's rank is its token id, so the byte tokens take ids 0-255 in bytes_to_unicode order.
-    ranks = {bytes([byte]): rank for rank, byte in enumerate(byte_encoder)}
-    for number, (first, second) in enumerate(merges, start=1):
-        try:
-            token = bytes(byte_decoder[c] for c in first + second)
-        except KeyError as e:
-            raise ValueError(
-                f"{source} merge {number} ({first!r} {second!r}) has character {e.args[0]!r}, which is not "
-                "in GPT-2's byte-to-unicode table: this is not a byte-level BPE merges file"
-            ) from e
-        if token in ranks:
-            raise ValueError(f"{source} merge {number} ({first!r} {second!r}) repeats token {token!r}")
-        ranks[token] = len(ranks)
-    return ranks
-
-
-def _split_vocab(vocab: dict[str, int], ranks: dict[bytes, int], source: Path) -> dict[str, int]:
-    """Check vocab.json against the merge ranks and return its other entries (added tokens) by id."""
-    byte_decoder = {char: byte for byte, char in bytes_to_unicode().items()}
-    added: dict[str, int] = {}
-    matched = 0
-    for key, token_id in vocab.items():
-        if not isinstance(token_id, int) or token_id < 0:
-            raise ValueError(f"{source}: token {key!r} has id {token_id!r}, expected a non-negative integer")
-        token = bytes(byte_decoder[c] for c in key) if all(c in byte_decoder for c in key) else None
-        rank = ranks.get(token) if token is not None else None
-        if rank is None:
-            # Not a BPE token: an added token such as <|endoftext|>, stored as plain text.
-            if token_id < len(ranks):
-                raise ValueError(
-                    f"{source}: added token {key!r} has id {token_id}, which merges.txt already gives to "
-                    f"a BPE token (ids 0-{len(ranks) - 1}); vocab.json and merges.txt do not belong together"
-                )
-            added[key] = token_id
-        elif rank != token_id:
-            raise ValueError(
-                f"{source}: token {key!r} has id {token_id} but merges.txt ranks it {rank}; "
-                "vocab.json and merges.txt do not belong together"
-            )
-        else:
-            matched += 1
-    if matched != len(ranks):
-        raise ValueError(
-            f"{source} has {matched} of the {len(ranks)} tokens that merges.txt defines (256 bytes + "
-            f"{len(ranks) - 256} merges); vocab.json and merges.txt do not belong together"
-        )
-    if len(set(added.values())) != len(added):
-        raise ValueError(f"{source}: two added tokens share an id: {added}")
-    return added
-
-
-def read_added_tokens(path: Path, n_ranks: int) -> dict[str, int]:
-    """added_tokens.json: token text -> id, every id past the BPE ranks."""
+def _utf8_safe(text: str) -> str:
+    """text with lone surrogates (no UTF-8 exists for them) as U+FFFD, tiktoken's rule, so both backends agree."""
     try:
-        added = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is not readable JSON ({e}): restore it or delete it") from e
-    if not isinstance(added, dict):
-        raise ValueError(f"{path} must hold a JSON object of token -> id, got {type(added).__name__}")
-    for token, token_id in added.items():
-        if not isinstance(token_id, int) or isinstance(token_id, bool) or token_id < n_ranks:
-            raise ValueError(
-                f"{path}: added token {token!r} has id {token_id!r}; added ids must be integers >= {n_ranks} "
-                "(the ids before are merges.txt's BPE tokens)"
-            )
-    return added
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
 
 
-def merge_added_tokens(vocab_added: dict[str, int], file_added: dict[str, int], source: str | Path) -> dict[str, int]:
-    """vocab.json's added tokens and added_tokens.json's, which must agree where they overlap."""
-    merged = dict(vocab_added)
-    for token, token_id in file_added.items():
-        if merged.get(token, token_id) != token_id:
-            raise ValueError(f"{source}: {token!r} has id {token_id} but vocab.json gives it {merged[token]}")
-        merged[token] = token_id
-    if len(set(merged.values())) != len(merged):
-        raise ValueError(f"{source}: two added tokens share an id: {merged}")
-    return merged
-
-
-def _parse_tiktoken(data: bytes, source: str) -> dict[bytes, int]:
-    """Return the ranks of a tiktoken file: one 'base64-token rank' pair per line."""
-    ranks = {}
-    for number, line in enumerate(data.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            token, rank = line.split()
-            ranks[base64.b64decode(token, validate=True)] = int(rank)
-        except (ValueError, binascii.Error) as e:
-            raise ValueError(
-                f"{source} line {number}: expected '<base64 token> <rank>', got {line[:80]!r}"
-            ) from e
-    if set(ranks.values()) != set(range(len(ranks))):
-        raise ValueError(f"{source}: ranks must be 0..{len(ranks) - 1} with no gaps or repeats")
-    return ranks
+def _tokenizers_encoder(vocabulary: BPEVocabulary):
+    """A Hugging Face tokenizers BPE of vocabulary's BPE tokens only (so added-token text stays plain text)."""
+    try:
+        from tokenizers import Tokenizer as HFTokenizer
+        from tokenizers import decoders, models, pre_tokenizers
+    except ImportError as e:
+        raise ImportError(
+            f"{vocabulary.source} needs Hugging Face tokenizers (its merges are not tiktoken's rule): "
+            "pip install tokenizers"
+        ) from e
+    model = models.BPE(
+        {byte_symbol(token): token_id for token, token_id in vocabulary.tokens.items()},
+        [(byte_symbol(a), byte_symbol(b)) for a, b in vocabulary.merges or ()],
+        ignore_merges=vocabulary.ignore_merges,
+    )
+    hf = HFTokenizer(model)
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=vocabulary.add_prefix_space, use_regex=True)
+    hf.decoder = decoders.ByteLevel()
+    return hf
 
 
 class Tokenizer:
-    """GPT-2 byte-level BPE: text to token ids and back, with `<|endoftext|>` as end of sequence."""
+    """Byte-level BPE: text to token ids and back, with `<|endoftext|>` as end of sequence."""
 
     def __init__(
         self,
@@ -182,65 +100,89 @@ class Tokenizer:
         *,
         name: str = "gpt2",
     ) -> None:
-        """Build from tiktoken ranks; `<|endoftext|>` gets the next free id unless special_tokens has it."""
+        """Build from tiktoken ranks (ids == ranks); `<|endoftext|>` gets the next free id unless given."""
         special_tokens = dict(special_tokens or {})
-        n_ranks = len(mergeable_ranks)
-        if ENDOFTEXT not in special_tokens:
-            special_tokens[ENDOFTEXT] = max([n_ranks - 1, *special_tokens.values()]) + 1
         for token, token_id in special_tokens.items():
-            if token_id < n_ranks:
+            if token_id < len(mergeable_ranks):
                 raise ValueError(f"special token {token!r} has id {token_id}, which a BPE token already has")
-        self._encoding = tiktoken.Encoding(
-            name, pat_str=GPT2_PATTERN, mergeable_ranks=mergeable_ranks, special_tokens=special_tokens
-        )
-        self._n_ranks = n_ranks
-        self._special_ids = frozenset(special_tokens.values())
-        self._eos_token_id = special_tokens[ENDOFTEXT]
+        self._setup(BPEVocabulary(dict(mergeable_ranks), None, special_tokens, name), "tiktoken", name)
+
+    @classmethod
+    def from_vocabulary(cls, vocabulary: BPEVocabulary, backend: str | None = None, *, name: str | None = None
+                        ) -> Tokenizer:
+        """Build from a checked vocabulary on `backend` ("tiktoken", "tokenizers"; None: tiktoken where exact)."""
+        tokenizer = cls.__new__(cls)
+        tokenizer._setup(vocabulary, backend, name or vocabulary.source)
+        return tokenizer
+
+    def _setup(self, vocabulary: BPEVocabulary, backend: str | None, name: str) -> None:
+        """Pick the backend and build the id -> bytes table that decoding and streaming share."""
+        if backend not in (None, *BACKENDS):
+            raise ValueError(f"backend {backend!r} is not one of {BACKENDS} (or None to choose)")
+        added = dict(vocabulary.added)
+        if ENDOFTEXT not in added:  # GPT-2's end of sequence, at the next free id
+            added[ENDOFTEXT] = max([*vocabulary.tokens.values(), *added.values()]) + 1
+        ranks, why = tiktoken_ranks(vocabulary) if backend != "tokenizers" else (None, "asked for tokenizers")
+        if backend == "tiktoken" and ranks is None:
+            raise ValueError(f"{vocabulary.source} cannot run on tiktoken exactly: {why}; use backend='tokenizers'")
+        self._vocabulary = vocabulary
+        self._backend = "tiktoken" if ranks is not None else "tokenizers"
+        self._backend_reason = why
+        if ranks is not None:
+            self._encoding: tiktoken.Encoding | None = tiktoken.Encoding(
+                name, pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={}
+            )
+            self._hf = None
+        else:
+            self._encoding, self._hf = None, _tokenizers_encoder(vocabulary)
+        size = max([*vocabulary.tokens.values(), *added.values()]) + 1
+        table: list[bytes | None] = [None] * size
+        for token, token_id in vocabulary.tokens.items():
+            table[token_id] = token
+        for text, token_id in added.items():
+            table[token_id] = text.encode("utf-8")
+        self._id_bytes = table
+        self._n_bpe = len(vocabulary.tokens)
+        self._added = added
+        self._eos_token_id = added[ENDOFTEXT]
+        self._name = name
 
     @classmethod
     def from_files(cls, vocab_json: str | Path, merges_txt: str | Path,
-                   added_tokens_json: str | Path | None = None) -> Tokenizer:
+                   added_tokens_json: str | Path | None = None, *, backend: str | None = None) -> Tokenizer:
         """Load a checkpoint's vocab.json + merges.txt (+ added_tokens.json): transformers' GPT2Tokenizer format.
 
         Added tokens (tokenizer.add_tokens / add_special_tokens, saved in added_tokens.json) decode to their text
         and, like <|endoftext|>, are encoded as plain text when they appear in a prompt.
         """
-        vocab_json, merges_txt = Path(vocab_json), Path(merges_txt)
-        _require_file(vocab_json)
-        _require_file(merges_txt)
-        ranks = _ranks_from_merges(
-            _parse_merges(merges_txt.read_text(encoding="utf-8"), merges_txt), merges_txt
-        )
-        try:
-            vocab = json.loads(vocab_json.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{vocab_json} is not valid JSON: {e}") from e
-        if not isinstance(vocab, dict):
-            raise ValueError(
-                f"{vocab_json} must hold a JSON object of token -> id, got {type(vocab).__name__}"
-            )
-        added = _split_vocab(vocab, ranks, vocab_json)
-        if added_tokens_json is not None:
-            added = merge_added_tokens(added, read_added_tokens(Path(added_tokens_json), len(ranks)), added_tokens_json)
-        return cls(ranks, added, name=f"bpe:{vocab_json.parent.name}")
+        vocabulary = read_bpe_files(vocab_json, merges_txt, added_tokens_json)
+        return cls.from_vocabulary(vocabulary, backend, name=f"bpe:{Path(vocab_json).parent.name}")
+
+    @classmethod
+    def from_tokenizer_json(cls, path: str | Path, *, backend: str | None = None) -> Tokenizer:
+        """Load a Hugging Face tokenizer.json holding a byte-level BPE (what ByteLevelBPETokenizer.save writes)."""
+        return cls.from_vocabulary(read_tokenizer_json(path), backend, name=f"bpe:{Path(path).parent.name}")
 
     @classmethod
     def from_tiktoken(cls, path: str | Path) -> Tokenizer:
         """Load a `*.tiktoken` ranks file; `<|endoftext|>` gets the id after the last rank."""
         path = Path(path)
-        _require_file(path)
-        return cls(_parse_tiktoken(path.read_bytes(), str(path)), name=f"tiktoken:{path.stem}")
+        if not path.is_file():
+            raise TokenizerNotFoundError(f"tokenizer file {path} does not exist")
+        return cls(parse_tiktoken(path.read_bytes(), str(path)), name=f"tiktoken:{path.stem}")
 
     @classmethod
-    def from_folder(cls, folder: str | Path) -> Tokenizer:
-        """Load vocab.json + merges.txt from folder if present, else its single `*.tiktoken` file."""
+    def from_folder(cls, folder: str | Path, *, backend: str | None = None) -> Tokenizer:
+        """Load vocab.json + merges.txt from folder if present, else its tokenizer.json, else its `*.tiktoken`."""
         folder = Path(folder)
         if not folder.is_dir():
             raise TokenizerNotFoundError(f"tokenizer folder {folder} does not exist or is not a folder")
         vocab_json, merges_txt = folder / "vocab.json", folder / "merges.txt"
         if vocab_json.is_file() and merges_txt.is_file():
             added = folder / ADDED_TOKENS
-            return cls.from_files(vocab_json, merges_txt, added if added.is_file() else None)
+            return cls.from_files(vocab_json, merges_txt, added if added.is_file() else None, backend=backend)
+        if (folder / TOKENIZER_JSON).is_file():
+            return cls.from_tokenizer_json(folder / TOKENIZER_JSON, backend=backend)
         tiktoken_files = sorted(folder.glob("*.tiktoken"))
         if len(tiktoken_files) == 1:
             return cls.from_tiktoken(tiktoken_files[0])
@@ -252,14 +194,15 @@ class Tokenizer:
         found = [p.name for p in (vocab_json, merges_txt) if p.is_file()]
         hint = f" (found only {found[0]})" if found else ""
         raise TokenizerNotFoundError(
-            f"no tokenizer in {folder}: looked for vocab.json + merges.txt or a *.tiktoken file{hint}"
+            f"no tokenizer in {folder}: looked for vocab.json + merges.txt or a *.tiktoken file, and tokenizer.json"
+            f"{hint}"
         )
 
     @classmethod
     def gpt2(cls) -> Tokenizer:
         """Load GPT-2's own vocabulary (r50k_base), bundled with this package so no download is needed."""
         data = resources.files(__package__).joinpath(GPT2_RANKS_RESOURCE).read_bytes()
-        return cls(_parse_tiktoken(data, f"{__package__}/{GPT2_RANKS_RESOURCE}"), name="gpt2")
+        return cls(parse_tiktoken(data, f"{__package__}/{GPT2_RANKS_RESOURCE}"), name="gpt2")
 
     @property
     def eos_token_id(self) -> int:
@@ -269,24 +212,48 @@ class Tokenizer:
     @property
     def vocab_size(self) -> int:
         """Number of token ids, i.e. one more than the largest id; the model's logits have this width."""
-        return self._encoding.n_vocab
+        return len(self._id_bytes)
 
     @property
-    def encoding(self) -> tiktoken.Encoding:
-        """The underlying tiktoken encoding."""
+    def added_tokens(self) -> dict[str, int]:
+        """Added and special tokens (text -> id), `<|endoftext|>` included: decoded as text, never encoded."""
+        return dict(self._added)
+
+    @property
+    def unassigned_ids(self) -> frozenset[int]:
+        """Ids below vocab_size that name no token (gaps between added tokens)."""
+        return frozenset(i for i, token in enumerate(self._id_bytes) if token is None)
+
+    @property
+    def vocabulary(self) -> BPEVocabulary:
+        """The checked vocabulary this tokenizer runs."""
+        return self._vocabulary
+
+    @property
+    def backend(self) -> str:
+        """"tiktoken" or "tokenizers": the library that encodes."""
+        return self._backend
+
+    @property
+    def encoding(self) -> tiktoken.Encoding | None:
+        """The underlying tiktoken encoding (its ranks are the ids), or None on the tokenizers backend."""
         return self._encoding
 
     def encode(self, text: str) -> list[int]:
         """Return the token ids of text; special-token strings in text are encoded as plain text."""
-        # encode_ordinary never raises on special-token text, unlike tiktoken's encode().
-        return self._encoding.encode_ordinary(text)
+        if self._encoding is not None:
+            if self._vocabulary.add_prefix_space and text and not text.startswith(" "):
+                text = " " + text  # tokenizers' ByteLevel(add_prefix_space=True), for a tokenizer.json asking it
+            # encode_ordinary never raises on special-token text, unlike tiktoken's encode().
+            return self._encoding.encode_ordinary(text)
+        return self._hf.encode(_utf8_safe(text), add_special_tokens=False).ids
 
     def _check_id(self, token_id: int) -> int:
         """Return token_id as an int, or raise ValueError if it names no token."""
         token_id = operator.index(token_id)
         if not 0 <= token_id < self.vocab_size:
             raise ValueError(f"token id {token_id} is out of range for vocab_size {self.vocab_size}")
-        if token_id >= self._n_ranks and token_id not in self._special_ids:
+        if self._id_bytes[token_id] is None:
             raise ValueError(
                 f"token id {token_id} is unassigned in this vocabulary (a gap between added tokens)"
             )
@@ -294,15 +261,20 @@ class Tokenizer:
 
     def token_bytes(self, token_id: int) -> bytes:
         """Return the bytes one token stands for, which may be part of a UTF-8 character."""
-        return self._encoding.decode_single_token_bytes(self._check_id(token_id))
+        return self._id_bytes[self._check_id(token_id)]
 
     def decode(self, ids: Iterable[int]) -> str:
         """Return the text of token ids; bytes that are not valid UTF-8 become U+FFFD."""
         ids = [operator.index(i) for i in ids]
-        # Only ids outside the BPE ranks need the slower per-id check.
-        if ids and (min(ids) < 0 or max(ids) >= self._n_ranks):
-            ids = [self._check_id(i) for i in ids]
-        return self._encoding.decode(ids, errors="replace")
+        table = self._id_bytes
+        try:
+            if ids and min(ids) < 0:
+                raise IndexError
+            return b"".join([table[i] for i in ids]).decode("utf-8", errors="replace")
+        except (IndexError, TypeError):  # out of range, or an unassigned id (None): name the first bad one
+            for i in ids:
+                self._check_id(i)
+            raise
 
     def stream_decoder(self) -> StreamDecoder:
         """Return a StreamDecoder for ids generated one at a time."""
@@ -310,8 +282,8 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return (
-            f"Tokenizer(name={self._encoding.name!r}, vocab_size={self.vocab_size}, "
-            f"eos_token_id={self.eos_token_id})"
+            f"Tokenizer(name={self._name!r}, vocab_size={self.vocab_size}, "
+            f"eos_token_id={self.eos_token_id}, backend={self._backend!r})"
         )
 
 

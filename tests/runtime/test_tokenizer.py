@@ -176,10 +176,33 @@ def test_vocab_without_endoftext_gets_the_next_id(tiny_bpe_folder: Path) -> None
 def test_vocab_and_merges_that_disagree_are_rejected(tiny_bpe_folder: Path) -> None:
     merges_path = tiny_bpe_folder / "merges.txt"
     lines = merges_path.read_text(encoding="utf-8").splitlines()
-    lines[1], lines[2] = lines[2], lines[1]  # swap two ranks
+    first, second = ("".join(line.split()) for line in lines[1:3])
+    lines.append(f"{first} {second}")  # two tokens vocab.json has, building one it does not
     merges_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="do not belong together"):
+    with pytest.raises(ValueError, match=f"needs token '{first}{second}', which .*vocab.json lacks: .*do not belong"):
         Tokenizer.from_folder(tiny_bpe_folder)
+
+
+def test_merge_priority_comes_from_merges_txt_not_from_the_ids(tiny_bpe_folder: Path) -> None:
+    """Swapped merge lines change the merge order but not the ids, which tokenizers loads and follows."""
+    tokenizers = pytest.importorskip("tokenizers")
+    merges_path = tiny_bpe_folder / "merges.txt"
+    lines = merges_path.read_text(encoding="utf-8").splitlines()
+    original = Tokenizer.from_folder(tiny_bpe_folder)
+    assert original.backend == "tiktoken"
+    # "Ġt h" + "e" versus "Ġ the" style conflicts: swapping the first merges changes which pair wins.
+    lines[1:] = lines[1:][::-1]
+    merges_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    swapped = Tokenizer.from_folder(tiny_bpe_folder)
+    assert swapped.backend == "tokenizers"  # ids no longer rise with the merges: tiktoken's rule would differ
+    oracle = tokenizers.Tokenizer(tokenizers.models.BPE.from_file(
+        str(tiny_bpe_folder / "vocab.json"), str(merges_path)))
+    oracle.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    oracle.decoder = tokenizers.decoders.ByteLevel()
+    for text in TEXTS:
+        assert swapped.encode(text) == oracle.encode(text).ids, text
+        assert swapped.decode(swapped.encode(text)) == text
+    assert any(swapped.encode(t) != original.encode(t) for t in TEXTS)  # the order mattered
 
 
 def test_tiktoken_file_in_a_folder(gpt2: Tokenizer, tmp_path: Path) -> None:

@@ -259,3 +259,27 @@ def test_tokenizer_json_that_is_not_byte_level_bpe_is_refused_by_name(tmp_path, 
     folder = _tokenizer_json(tmp_path, edit)
     with pytest.raises(ValueError, match=message):
         Tokenizer.from_folder(folder)
+
+
+def test_ignore_merges_in_tokenizer_json_is_followed_where_it_matters(tmp_path):
+    """tokenizers' BPE(ignore_merges=True) takes a piece that is a token whole, merges or not."""
+    folder = _counterexample(tmp_path / "c")
+    model = tokenizers.models.BPE.from_file(str(folder / "vocab.json"), str(folder / "merges.txt"), ignore_merges=True)
+    oracle = tokenizers.Tokenizer(model)
+    oracle.pre_tokenizer = tokenizers.pre_tokenizers.ByteLevel(add_prefix_space=False)
+    oracle.decoder = tokenizers.decoders.ByteLevel()
+    (tmp_path / "json").mkdir()
+    oracle.save(str(tmp_path / "json" / "tokenizer.json"))
+    ours = Tokenizer.from_folder(tmp_path / "json")
+    assert ours.vocabulary.ignore_merges and ours.backend == "tokenizers"
+    assert oracle.encode("abc").ids == [ours.vocabulary.tokens[b"abc"]]  # whole, though no merge path builds it
+    for text in ["abc", "xabc abc", "abcc bc"]:
+        assert ours.encode(text) == oracle.encode(text).ids
+
+
+def test_lone_surrogates_encode_alike_on_both_backends(tmp_path):
+    trained = train(tmp_path / "t", 500, [ENDOFTEXT])
+    fast, slow = Tokenizer.from_folder(trained.folder), Tokenizer.from_folder(trained.folder, backend="tokenizers")
+    text = "a\ud800b \udfff end"
+    assert fast.encode(text) == slow.encode(text)
+    assert slow.decode(slow.encode(text)) == "a\ufffdb \ufffd end"

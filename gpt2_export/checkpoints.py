@@ -45,9 +45,10 @@ def load_reference(
     try:
         tokenizer = Tokenizer.from_folder(folder) if folder is not None else Tokenizer.gpt2()
         tok_source = "its own vocabulary"
+        if folder is not None:  # the checkpoint's own must fit; small configs fall back to GPT-2's, as before
+            check_tokenizer_fits(tokenizer, loaded.config.vocab_size, folder)
     except TokenizerNotFoundError:
         tokenizer, tok_source = Tokenizer.gpt2(), "the bundled GPT-2 vocabulary"
-    check_tokenizer_fits(tokenizer, loaded.config.vocab_size, folder or model)
     return ReferenceModel(loaded, tokenizer, f"{model} (tokenizer: {tok_source})", folder, random_weights=False)
 
 

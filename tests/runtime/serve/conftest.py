@@ -33,7 +33,7 @@ def serve_exports(tmp_path_factory) -> dict[str, Path]:
     }
     bare = root / "lm-shared-no-tokenizer"
     shutil.copytree(folders["lm-shared"], bare)
-    for name in ("vocab.json", "merges.txt"):
+    for name in ("vocab.json", "merges.txt", "tokenizer.json"):  # the runtime reads tokenizer.json when alone
         (bare / name).unlink()
     folders["no-tokenizer"] = bare
     return folders

@@ -18,6 +18,9 @@ from torch import nn
 
 from .config import GPT2Config
 from .conv1d import Conv1D
+from .loading import load_pretrained
+from .parallel import apply_device_map, check_device_map, even_device_map
+from .saving import save_pretrained
 
 
 class GPT2PreTrainedModel(nn.Module):
@@ -165,8 +168,6 @@ class GPT2PreTrainedModel(nn.Module):
 
     def parallelize(self, device_map: dict[Any, list[int]] | None = None) -> None:
         """Spread the blocks over devices, e.g. {0: [0, 1, 2], 1: [3, 4, 5]}; embeddings and heads on the first."""
-        from .parallel import apply_device_map, check_device_map, even_device_map
-
         n_layer = self.config.n_layer
         device_map = even_device_map(n_layer) if device_map is None else device_map
         devices = check_device_map(device_map, n_layer)
@@ -201,8 +202,11 @@ class GPT2PreTrainedModel(nn.Module):
 
         `dtype` (or transformers' older name `torch_dtype`): None loads fp32, "auto" the checkpoint's dtype.
         """
-        from .loading import load_pretrained
-
+        if cls is GPT2PreTrainedModel:
+            raise TypeError(
+                "from_pretrained needs a concrete class: call it on GPT2Model, GPT2LMHeadModel or another head "
+                "(config.json's `architectures` names the one the checkpoint was saved from)"
+            )
         return load_pretrained(
             cls,
             name_or_path,
@@ -216,6 +220,4 @@ class GPT2PreTrainedModel(nn.Module):
         self, folder: str | os.PathLike, *, max_shard_size: int | str | None = None, safe_serialization: bool = True
     ) -> Path:
         """Write config.json and model.safetensors (shards above max_shard_size, default "5GB"), as transformers."""
-        from .loading import save_pretrained
-
         return save_pretrained(self, folder, max_shard_size=max_shard_size, safe_serialization=safe_serialization)

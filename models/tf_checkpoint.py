@@ -16,18 +16,9 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint_errors import CheckpointReadError
 from .hub import CheckpointNotFoundError
-from .loading import CheckpointReadError, read_json
 
-HPARAMS_NAME = "hparams.json"
-# hparams.json key -> GPT2Config field.
-HPARAMS = {
-    "n_vocab": "vocab_size",
-    "n_ctx": "n_positions",
-    "n_embd": "n_embd",
-    "n_head": "n_head",
-    "n_layer": "n_layer",
-}
 # A scope such as `h0` names element 0 of the list `h`.
 _INDEXED_SCOPE = re.compile(r"([A-Za-z]+)(\d+)")
 # Optimizer slots and step counters a training run may have saved beside the weights.
@@ -69,18 +60,6 @@ def find_tf_checkpoint(folder: Path) -> Path | None:
             'naming it (model_checkpoint_path: "<prefix>")'
         )
     return indexes[0].with_suffix("") if indexes else None
-
-
-def config_from_hparams(path: Path) -> dict[str, int]:
-    """The GPT2Config fields of an OpenAI hparams.json: vocab_size, n_positions, n_embd, n_head, n_layer."""
-    data = read_json(path)
-    missing = [key for key in HPARAMS if key not in data]
-    if missing:
-        raise CheckpointReadError(
-            f"{path} lacks {', '.join(missing)}: an OpenAI hparams.json has {', '.join(HPARAMS)}; "
-            "restore the file"
-        )
-    return {field: data[key] for key, field in HPARAMS.items()}
 
 
 def tf_name_to_torch(name: str) -> str:

@@ -17,13 +17,13 @@ Shape legend: B batch, T new tokens, P past length.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .manifest import PAST_PREFIX, read_versioned_json
+from .manifest import PAST_PREFIX
+from .versioned_json import VersionedFormat
 
 ENGINE_MANIFEST = "engine.json"  # written by `gpt2-export build-engine` beside the serialized engine
 ENGINE_FILE = "model.engine"
@@ -39,6 +39,13 @@ class EngineManifestError(ValueError):
 
 class EngineCompatibilityError(RuntimeError):
     """The engine was built for another TensorRT version or GPU; the message says which and how to rebuild."""
+
+
+REBUILD = "rebuild the folder with `gpt2-export build-engine EXPORT_FOLDER --output ENGINE_FOLDER`"
+ENGINE_MANIFEST_FORMAT = VersionedFormat(
+    ENGINE_MANIFEST, "engine manifest", FORMAT, FORMAT_VERSION, EngineManifestError, fix=REBUILD,
+    missing="it is not an engine folder",
+)
 
 
 class ProfileShapeError(ValueError):
@@ -192,19 +199,13 @@ class EngineManifest:
         }
 
     def save(self, folder: str | Path) -> Path:
-        path = Path(folder) / ENGINE_MANIFEST
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        return path
+        """Write engine.json into folder."""
+        return ENGINE_MANIFEST_FORMAT.write(folder, self.to_dict())
 
     @classmethod
     def load(cls, folder: str | Path) -> EngineManifest:
         """Read engine.json, with errors that say how to get a good one."""
-        path = Path(folder) / ENGINE_MANIFEST
-        rebuild = "rebuild the folder with `gpt2-export build-engine EXPORT_FOLDER --output ENGINE_FOLDER`"
-        if not path.is_file():
-            raise EngineManifestError(f"{folder} has no {ENGINE_MANIFEST}: it is not an engine folder; {rebuild}")
-        data = read_versioned_json(path, "engine manifest", FORMAT, FORMAT_VERSION, EngineManifestError,
-                                   fix=rebuild)
+        path, data = ENGINE_MANIFEST_FORMAT.read(folder)
         try:
             major, minor = data["compute_capability"]
             return cls(
@@ -221,7 +222,7 @@ class EngineManifest:
                 hardware_compatibility=data.get("hardware_compatibility", "none"),
             )
         except (KeyError, TypeError, ValueError) as e:
-            raise EngineManifestError(f"{path} lacks or mangles field {e}: {rebuild}") from e
+            raise EngineManifestError(f"{path} lacks or mangles field {e}: {REBUILD}") from e
 
 
 def rebuild_command(manifest: EngineManifest, folder: str | Path) -> str:

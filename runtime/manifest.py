@@ -7,10 +7,11 @@ made it, and the validation report. Style after onnxruntime-genai's genai_config
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .versioned_json import VersionedFormat
 
 MANIFEST_NAME = "export.json"
 FORMAT = "gpt2-export"
@@ -49,6 +50,14 @@ def present_names(n_layer: int) -> list[str]:
 class ManifestError(ValueError):
     """export.json is missing, unreadable, or from an incompatible format version."""
 
+
+MANIFEST_FORMAT = VersionedFormat(
+    MANIFEST_NAME, "manifest", FORMAT, FORMAT_VERSION, ManifestError,
+    fix="re-export the checkpoint into a new folder",
+    version_fix="re-export with the same gpt2-export version as the runtime",
+    not_a_folder="pass the folder written by `gpt2-export export`",
+    missing="it was not written by `gpt2-export export`",
+)
 
 @dataclass(frozen=True)
 class TensorSpec:
@@ -112,24 +121,6 @@ class ModelShape:
         return cls(**data)
 
 
-def read_versioned_json(path: Path, kind: str, format_id: str, version: int, error: type[Exception], fix: str,
-                        version_fix: str | None = None) -> dict[str, Any]:
-    """A JSON object with `format` format_id and `format_version` version, or `error` naming the file and fix."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise error(f"{path} is not valid JSON ({e}): {fix}") from e
-    found = data.get("format") if isinstance(data, dict) else type(data).__name__
-    if found != format_id:
-        raise error(f"{path} is not a gpt2-export {kind} (format {found!r})")
-    if data.get("format_version") != version:
-        raise error(
-            f"{path} has format_version {data.get('format_version')}, this runtime reads version {version}: "
-            f"{version_fix or fix}"
-        )
-    return data
-
-
 @dataclass
 class Manifest:
     """The contents of export.json."""
@@ -160,25 +151,12 @@ class Manifest:
 
     def save(self, folder: str | Path) -> Path:
         """Write export.json into folder."""
-        path = Path(folder) / MANIFEST_NAME
-        path.write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
-        return path
+        return MANIFEST_FORMAT.write(folder, self.to_dict())
 
     @classmethod
     def load(cls, folder: str | Path) -> Manifest:
         """Read export.json from an export folder, with errors that say how to get a good one."""
-        path = Path(folder) / MANIFEST_NAME
-        if not Path(folder).is_dir():
-            raise ManifestError(f"{folder} is not a folder: pass the folder written by `gpt2-export export`")
-        if not path.is_file():
-            raise ManifestError(
-                f"{folder} has no {MANIFEST_NAME}: it was not written by `gpt2-export export` "
-                "(re-export the checkpoint into a new folder)"
-            )
-        data = read_versioned_json(
-            path, "manifest", FORMAT, FORMAT_VERSION, ManifestError, fix="re-export the checkpoint",
-            version_fix="re-export with the same gpt2-export version as the runtime",
-        )
+        path, data = MANIFEST_FORMAT.read(folder)
         try:
             return cls(
                 head=data["head"],

@@ -1,6 +1,6 @@
 """Continuous batching: requests join the running batch at step boundaries and leave as they finish.
 
-One engine thread owns the model's decoding. Each request gets a cache slot and its own options
+One batcher thread owns the model's decoding. Each request gets a cache slot and its own options
 (greedy or sampling, with its own seeded generator). With an in-place cache export (`--kv-cache
 shared`) every decode step runs all slots as one batch: the cache is one (max_batch, nh, max_length,
 hs) buffer per tensor and rows are independent ragged sequences, so a request that joins is prefilled
@@ -82,7 +82,7 @@ class QueueFullError(RuntimeError):
 
 
 @dataclass
-class EngineStats:
+class BatcherStats:
     """A snapshot for /metrics."""
 
     queue_depth: int
@@ -157,8 +157,8 @@ class _Active:
         return self.generated > 0
 
 
-class BatchEngine:
-    """Schedules completion requests over one loaded Model."""
+class ContinuousBatcher:
+    """Schedules completion requests over one loaded Model (continuous batching; not a TensorRT engine)."""
 
     def __init__(self, model: Model, max_batch: int = 8, max_queue: int = 64, prefill_chunk: int = PREFILL_CHUNK,
                  max_length: int | None = None):
@@ -201,15 +201,15 @@ class BatchEngine:
             raise ValueError(f"max_length={max_length!r} must be an integer in [2, n_positions {n_positions}]: the "
                              f"model has no position embeddings past {n_positions}")
         if self._thread is not None or self._cache is not None:
-            raise RuntimeError("cap_length() after start(): the engine already runs (and its cache is allocated)")
+            raise RuntimeError("cap_length() after start(): the batcher already runs (and its cache is allocated)")
         self.max_length, self._length_name = max_length, "max_length"
 
     def start(self) -> None:
-        """Allocate the batch cache (in-place exports) and start the engine thread."""
+        """Allocate the batch cache (in-place exports) and start the batcher's thread."""
         if self.batched:
             self._batch_cache()
         if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="batch-engine", daemon=True)
+            self._thread = threading.Thread(target=self._loop, name="continuous-batcher", daemon=True)
             self._thread.start()
 
     def submit(self, request: CompletionRequest) -> RequestHandle:
@@ -222,17 +222,17 @@ class BatchEngine:
         handle = RequestHandle(request, loop)
         with self._wake:
             if not self._accepting:
-                raise RuntimeError("the engine is shutting down and takes no new requests")
+                raise RuntimeError("the batcher is shutting down and takes no new requests")
             if len(self._queue) >= self.max_queue and self.max_queue >= 0 and not self._free_slot_available():
                 raise QueueFullError(len(self._queue), retry_after=1.0)
             self._queue.append(handle)
             self._wake.notify()
         return handle
 
-    def stats(self) -> EngineStats:
+    def stats(self) -> BatcherStats:
         """Queue depth, active slots and counters."""
         active = sum(slot is not None for slot in self._slots)
-        return EngineStats(len(self._queue), active, self.max_batch, self._last_batch, self._steps, self._tokens)
+        return BatcherStats(len(self._queue), active, self.max_batch, self._last_batch, self._steps, self._tokens)
 
     def shutdown(self, drain: bool = True, timeout: float | None = None) -> None:
         """Stop taking requests; finish the ones queued and in flight (drain) or cancel them."""
@@ -285,7 +285,7 @@ class BatchEngine:
     def _free_slot_available(self) -> bool:
         return any(slot is None for slot in self._slots)
 
-    # ---- the engine thread -----------------------------------------------------------------------
+    # ---- the batcher thread -----------------------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
@@ -297,7 +297,7 @@ class BatchEngine:
                 decoding = self._decoding_slots()
                 prefilling = any(isinstance(s, _Active) and not s.decoding for s in self._slots)
                 # While others decode, one request prefills at a time, a chunk per step (batched mode) or whole
-                # (interleaved mode), so their inter-token gaps grow by one chunk at most; an idle engine takes all.
+                # (interleaved mode), so their inter-token gaps grow by one chunk at most; an idle batcher takes all.
                 budget = self.max_batch if not decoding else (0 if prefilling else 1)
                 joining = []
                 while self._queue and self._free_slot_available() and len(joining) < budget:
@@ -495,3 +495,8 @@ class BatchEngine:
 
 
 _RESERVED = object()  # a slot taken by a request being admitted
+
+
+# The names before issue 17 ("engine" now means a TensorRT engine only).
+BatchEngine = ContinuousBatcher
+EngineStats = BatcherStats

@@ -65,7 +65,7 @@ class CountRequests:
 def create_app(service: Service, load_on_startup: bool = False,
                on_load_failure: Callable[[], None] | None = None) -> CountRequests:
     """The ASGI app of a Service. With load_on_startup the model loads in the background when the server starts
-    (uvicorn's lifespan; `on_load_failure` runs if it fails) and the engine drains on shutdown; otherwise the
+    (uvicorn's lifespan; `on_load_failure` runs if it fails) and the batcher drains on shutdown; otherwise the
     caller loads and stops the service (Ray replicas, tests)."""
 
     async def models(request: Request) -> Response:
@@ -111,7 +111,7 @@ def create_app(service: Service, load_on_startup: bool = False,
             service.load_in_background(on_load_failure)
         yield
         if load_on_startup:
-            # Connections are closed by now (uvicorn drains them first); the engine finishes what is left.
+            # Connections are closed by now (uvicorn drains them first); the batcher finishes what is left.
             await asyncio.to_thread(service.shutdown, True, service.config.drain_timeout)
 
     app = Starlette(

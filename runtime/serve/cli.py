@@ -76,7 +76,7 @@ def run_serve(folder, host, port, max_batch, max_model_len, max_queue, api_key, 
                     f"--ray needs Ray Serve ({e}): pip install 'gpt2-export[ray]'") from e
             return ray_app.run(config, replicas, ray_address, ray_num_cpus)
         if replicas != 1:
-            raise click.ClickException("--replicas needs --ray: one uvicorn server runs one engine")
+            raise click.ClickException("--replicas needs --ray: one uvicorn server runs one batcher")
         try:
             from .server import serve
         except ImportError as e:

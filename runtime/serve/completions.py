@@ -1,9 +1,9 @@
-"""POST /v1/completions as a raw ASGI handler: bounded body, checked request, engine events to JSON or SSE.
+"""POST /v1/completions as a raw ASGI handler: bounded body, checked request, batcher events to JSON or SSE.
 
-A request's choices (n per prompt) are submitted to the engine together and their events merged as they
-come. Streaming sends one server-sent event per decoded token, as soon as the engine thread delivers it, and
+A request's choices (n per prompt) are submitted to the batcher together and their events merged as they
+come. Streaming sends one server-sent event per decoded token, as soon as the batcher thread delivers it, and
 ends with `data: [DONE]`. A task watches the connection for `http.disconnect` the whole time (while queued,
-decoding or streaming): when the client goes, every handle is cancelled and the engine frees the slots at its
+decoding or streaming): when the client goes, every handle is cancelled and the batcher frees the slots at its
 next step boundary. The handler is raw ASGI rather than a framework endpoint so the body limit, the
 disconnect watch and the stream are under its control with any ASGI server (uvicorn, Ray Serve's proxy).
 """
@@ -94,7 +94,7 @@ class CompletionRun:
     # ---- events ----------------------------------------------------------------------------------
 
     def on_event(self, choice: Choice, event: TokenEvent) -> str:
-        """Apply one engine event to its choice; returns the text now safe to send."""
+        """Apply one batcher event to its choice; returns the text now safe to send."""
         metrics = self.service.metrics
         out = ""
         if event.token_id is not None:
@@ -110,7 +110,7 @@ class CompletionRun:
             else:
                 metrics.itl.observe(event.time - choice.last_time)
             choice.last_time = event.time
-            if choice.text.stopped:  # a stop string matched: the engine frees the slot at its next step
+            if choice.text.stopped:  # a stop string matched: the batcher frees the slot at its next step
                 if event.finish_reason is None:
                     choice.handle.cancel()
                 self._finish(choice, "stop")
@@ -121,7 +121,7 @@ class CompletionRun:
                 reason, choice.error_status = "error", 503
                 choice.error = "the request was cancelled: the server is shutting down"
             elif reason == "error":
-                choice.error = event.error or "the engine failed without a message"
+                choice.error = event.error or "the batcher failed without a message"
             out += choice.text.finish()
             self._finish(choice, reason)
         return out

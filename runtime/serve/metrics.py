@@ -1,7 +1,7 @@
 """Prometheus metrics in the text exposition format (version 0.0.4), written out directly: no client library.
 
 Counters and histograms belong to one Service; gauges (queue depth, active requests, batch size)
-are read from the engine when /metrics is scraped. Names follow Prometheus' conventions: `_total` counters,
+are read from the batcher when /metrics is scraped. Names follow Prometheus' conventions: `_total` counters,
 `_seconds` histograms with cumulative `le` buckets, `_sum` and `_count`.
 """
 
@@ -64,7 +64,7 @@ class Counter:
 
 
 class Reading:
-    """A value read from elsewhere when scraped: a gauge, or a counter kept by the engine."""
+    """A value read from elsewhere when scraped: a gauge, or a counter kept by the batcher."""
 
     def __init__(self, name: str, help_text: str, read: Callable[[], float], kind: str = "gauge"):
         self.name, self.help, self._read, self.kind = name, help_text, read, kind
@@ -107,7 +107,7 @@ class Histogram:
 
 
 class Metrics:
-    """Every metric the service exports; `stats` reads the engine's snapshot (None before the model loads)."""
+    """Every metric the service exports; `stats` reads the batcher's snapshot (None before the model loads)."""
 
     def __init__(self, stats: Callable[[], object | None]):
         self._stats = stats
@@ -135,9 +135,9 @@ class Metrics:
             Reading(f"{p}_queue_depth", "Requests waiting for a batch slot.", stat("queue_depth")),
             Reading(f"{p}_active_requests", "Requests holding a batch slot.", stat("active")),
             Reading(f"{p}_max_batch", "Batch slots (--max-batch).", stat("max_batch")),
-            Reading(f"{p}_batch_size", "Requests decoded in the engine's last step.", stat("last_batch_size")),
-            Reading(f"{p}_engine_steps_total", "Decode steps the engine has run.", stat("steps"), "counter"),
-            Reading(f"{p}_engine_tokens_total", "Tokens the engine has generated.", stat("tokens_generated"),
+            Reading(f"{p}_batch_size", "Requests decoded in the batcher's last step.", stat("last_batch_size")),
+            Reading(f"{p}_engine_steps_total", "Decode steps the batcher has run.", stat("steps"), "counter"),
+            Reading(f"{p}_engine_tokens_total", "Tokens the batcher has generated.", stat("tokens_generated"),
                     "counter"),
             self.ttft, self.itl, self.duration,
         ]

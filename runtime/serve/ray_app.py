@@ -3,7 +3,7 @@
     from runtime.serve.ray_app import build
     serve.run(build(ServeConfig("exports/gpt2"), replicas=2), route_prefix="/")
 
-Each replica loads the folder itself (its own ONNX Runtime session and batching engine) and answers the same
+Each replica loads the folder itself (its own ONNX Runtime session and continuous batcher) and answers the same
 OpenAI routes through the same ASGI app; Ray's proxy spreads requests over the replicas and streams responses.
 On a multi-node cluster the folder must exist at the same path on every node (a shared file system, or a copy),
 and the package must be installed in the nodes' Python (or shipped with a `runtime_env`).
@@ -31,7 +31,7 @@ class _ReplicaApp:
     """The ASGI app Ray's ingress wraps: it forwards to the app of this replica's Service.
 
     `serve.ingress` pickles the app it is given and every replica unpickles its own copy, but the Service
-    (model, engine) can only be built inside the replica, so the deployment's constructor installs it here.
+    (model, batcher) can only be built inside the replica, so the deployment's constructor installs it here.
     This works with every Ray that takes a generic ASGI app in `serve.ingress` (1.3 and later).
     """
 
@@ -51,7 +51,7 @@ class _ReplicaApp:
 @serve.deployment(name="completions", health_check_period_s=5, health_check_timeout_s=30)
 @serve.ingress(_ReplicaApp())
 class CompletionDeployment:
-    """One replica: its own Service (ONNX Runtime session and batching engine) over the shared export folder."""
+    """One replica: its own Service (ONNX Runtime session and continuous batcher) over the shared export folder."""
 
     def __init__(self, config: dict):
         self.service = Service(ServeConfig(**config))

@@ -2,7 +2,7 @@
 
 SIGTERM (or Ctrl-C): /health turns 503 and new completions get 503 at once; uvicorn closes the listening
 socket and idle connections, lets in-flight responses (streams included) finish for up to `drain_timeout`
-seconds, cancels what is left, then the lifespan shutdown drains the engine and the process exits 0. A model
+seconds, cancels what is left, then the lifespan shutdown drains the batcher and the process exits 0. A model
 that fails to load stops the server with exit status 1.
 """
 
@@ -18,7 +18,7 @@ import uvicorn
 
 from .app import create_app
 from .config import ServeConfig
-from .service import EngineFactory, Service, default_engine
+from .service import BatcherFactory, Service, default_batcher
 
 log = logging.getLogger("runtime.serve")
 
@@ -40,9 +40,13 @@ def _after_graceful_exit(signum, frame) -> None:
     log.info("stopped on signal %d after draining", signum)
 
 
-def serve(config: ServeConfig, log_level: str = "info", engine_factory: EngineFactory = default_engine) -> int:
-    """Serve until SIGTERM / SIGINT; returns the exit status (0 after a clean drain, 1 if the model failed to load)."""
-    service = Service(config, engine_factory)  # a wrong folder fails here, before anything listens
+def serve(config: ServeConfig, log_level: str = "info", batcher_factory: BatcherFactory = default_batcher,
+          engine_factory: BatcherFactory | None = None) -> int:
+    """Serve until SIGTERM / SIGINT; returns the exit status (0 after a clean drain, 1 if the model failed to load).
+
+    `engine_factory` is batcher_factory's name before issue 17, still accepted.
+    """
+    service = Service(config, engine_factory or batcher_factory)  # a wrong folder fails here, before anything listens
     server: _Server | None = None
 
     def load_failed() -> None:

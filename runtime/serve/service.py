@@ -1,8 +1,8 @@
-"""Service: one export folder behind a continuous-batching engine, with the checks that turn requests into work.
+"""Service: one export folder behind a continuous batcher, with the checks that turn requests into work.
 
 The service reads export.json up front (a wrong folder fails before anything listens), loads the model and
-starts the engine (in the background when served by uvicorn, so /health can answer 503 while loading), and
-turns a parsed completions request into engine requests: prompts tokenized, token ids, lengths and capacity
+starts the batcher (in the background when served by uvicorn, so /health can answer 503 while loading), and
+turns a parsed completions request into batcher requests: prompts tokenized, token ids, lengths and capacity
 checked with errors that name the value and the limit, then submitted all or none.
 """
 
@@ -19,7 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 
 import runtime
-from runtime.batching import BatchEngine, CompletionRequest, QueueFullError, RequestHandle, TokenEvent, most_likely
+from runtime.batching import (
+    CompletionRequest,
+    ContinuousBatcher,
+    QueueFullError,
+    RequestHandle,
+    TokenEvent,
+    most_likely,
+)
 from runtime.manifest import Manifest
 from runtime.providers import check_provider
 from runtime.sampling import log_softmax
@@ -31,13 +38,17 @@ from .schemas import APIError, CompletionParams, bad
 
 log = logging.getLogger("runtime.serve")
 
-# (model, max_batch, max_queue) -> an engine with BatchEngine's API; tests pass fakes.
-EngineFactory = Callable[[runtime.Model, int, int], BatchEngine]
+# (model, max_batch, max_queue) -> a batcher with ContinuousBatcher's API; tests pass fakes.
+BatcherFactory = Callable[[runtime.Model, int, int], ContinuousBatcher]
 
 
-def default_engine(model: runtime.Model, max_batch: int, max_queue: int) -> BatchEngine:
-    """The continuous-batching engine."""
-    return BatchEngine(model, max_batch=max_batch, max_queue=max_queue)
+def default_batcher(model: runtime.Model, max_batch: int, max_queue: int) -> ContinuousBatcher:
+    """The continuous batcher."""
+    return ContinuousBatcher(model, max_batch=max_batch, max_queue=max_queue)
+
+
+# The names before issue 17, kept for callers that pass their own factory.
+EngineFactory, default_engine = BatcherFactory, default_batcher
 
 
 class PromptOnlyHandle:
@@ -66,9 +77,9 @@ class PreparedPrompt:
 
 
 class Service:
-    """The model, its engine and the service's state: loading -> ready -> draining -> stopped (or failed)."""
+    """The model, its batcher and the service's state: loading -> ready -> draining -> stopped (or failed)."""
 
-    def __init__(self, config: ServeConfig, engine_factory: EngineFactory = default_engine):
+    def __init__(self, config: ServeConfig, batcher_factory: BatcherFactory = default_batcher):
         self.config = config
         self.manifest = Manifest.load(config.folder)  # fails fast, with the manifest's own message
         if self.manifest.head != "lm":
@@ -82,11 +93,11 @@ class Service:
         self.status = "loading"
         self.error: str | None = None
         self.model: runtime.Model | None = None
-        self.engine: BatchEngine | None = None
+        self.batcher: ContinuousBatcher | None = None
         self.tokenizer: Tokenizer | None = None
-        self._engine_factory = engine_factory
-        self._scoring = threading.Semaphore(1)  # echo + logprobs forwards, beside the engine's decoding
-        self.metrics = Metrics(lambda: self.engine.stats() if self.engine is not None else None)
+        self._batcher_factory = batcher_factory
+        self._scoring = threading.Semaphore(1)  # echo + logprobs forwards, beside the batcher's decoding
+        self.metrics = Metrics(lambda: self.batcher.stats() if self.batcher is not None else None)
         shape = self.manifest.shape
         eos = shape.eos_token_id
         self.eos_ids = tuple(eos if isinstance(eos, list) else ([eos] if eos is not None else []))
@@ -101,18 +112,23 @@ class Service:
     # ---- lifecycle -------------------------------------------------------------------------------
 
     @property
+    def engine(self) -> ContinuousBatcher | None:
+        """The batcher, under its name before issue 17."""
+        return self.batcher
+
+    @property
     def ready(self) -> bool:
         return self.status == "ready"
 
     def load(self) -> None:
-        """Load the model and start the engine (blocking); the status says how it went."""
+        """Load the model and start the batcher (blocking); the status says how it went."""
         started = time.perf_counter()
         try:
             model = runtime.load(self.config.folder, provider=self.config.provider, threads=self.config.threads)
-            engine = self._engine_factory(model, self.config.max_batch, self.config.max_queue)
+            batcher = self._batcher_factory(model, self.config.max_batch, self.config.max_queue)
             if self.config.max_model_len is not None:  # before start(): the batch cache is sized by it
-                engine.cap_length(self.config.max_model_len)
-            engine.start()
+                batcher.cap_length(self.config.max_model_len)
+            batcher.start()
         except Exception as e:
             self.status, self.error = "failed", f"{type(e).__name__}: {e}"
             log.error("loading %s failed: %s", self.config.folder, self.error)
@@ -121,7 +137,7 @@ class Service:
             self.tokenizer = model.tokenizer
         except TokenizerNotFoundError:
             self.tokenizer = None
-        self.model, self.engine = model, engine
+        self.model, self.batcher = model, batcher
         if self.status == "loading":  # a drain that began while loading wins
             self.status = "ready"
         log.info("loaded %s in %.1f s (%s)", self.config.folder, time.perf_counter() - started,
@@ -147,10 +163,10 @@ class Service:
             self.status = "draining"
 
     def shutdown(self, drain: bool = True, timeout: float | None = None) -> None:
-        """Stop the engine: finish (drain) or cancel what is in flight."""
+        """Stop the batcher: finish (drain) or cancel what is in flight."""
         self.begin_drain()
-        if self.engine is not None:
-            self.engine.shutdown(drain=drain, timeout=timeout)
+        if self.batcher is not None:
+            self.batcher.shutdown(drain=drain, timeout=timeout)
         if self.status != "failed":
             self.status = "stopped"
 
@@ -237,7 +253,7 @@ class Service:
     def score(self, prompt: PreparedPrompt, top: int) -> PreparedPrompt:
         """The prompt with its tokens' log-probabilities (echo + logprobs, as evaluation harnesses ask for).
 
-        One forward over the whole prompt on the loaded model (thread-safe beside the engine's decoding).
+        One forward over the whole prompt on the loaded model (thread-safe beside the batcher's decoding).
         """
         ids = np.array([prompt.ids], dtype=np.int64)  # (1, T)
         t = ids.shape[1]
@@ -263,8 +279,8 @@ class Service:
     def submit(self, params: CompletionParams,
                prompts: list[PreparedPrompt]) -> list[RequestHandle | PromptOnlyHandle]:
         """Submit n requests per prompt, all or none: 429 (Retry-After) past the queue bound, 503 when stopping."""
-        if self.engine is None:
-            raise self.unavailable() or APIError(503, "the engine is not running")
+        if self.batcher is None:
+            raise self.unavailable() or APIError(503, "the batcher is not running")
         if params.max_tokens == 0:  # echo only: nothing to decode, no slot taken
             return [PromptOnlyHandle() for _ in range(len(prompts) * params.n)]
         stops = self.stop_ids(params)
@@ -272,7 +288,7 @@ class Service:
         try:
             for prompt in prompts:
                 for j in range(params.n):
-                    handles.append(self.engine.submit(CompletionRequest(
+                    handles.append(self.batcher.submit(CompletionRequest(
                         prompt_ids=prompt.ids,
                         max_new_tokens=params.max_tokens,
                         temperature=params.temperature,
@@ -292,7 +308,7 @@ class Service:
         except ValueError as e:
             self._cancel(handles)
             raise bad("prompt", str(e)) from e
-        except RuntimeError as e:  # the engine stopped taking requests (shutdown)
+        except RuntimeError as e:  # the batcher stopped taking requests (shutdown)
             self._cancel(handles)
             raise APIError(503, f"the server is shutting down: {e}", code="server_draining") from e
         self.metrics.prompt_tokens.inc(sum(len(p.ids) for p in prompts))

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import runtime
-from runtime.batching import BatchEngine, CompletionRequest, QueueFullError
+from runtime.batching import CompletionRequest, ContinuousBatcher, QueueFullError
 
 from .sessions import SlowSession
 
@@ -32,7 +32,7 @@ def _collect(handle):
 
 
 def test_concurrent_greedy_requests_equal_each_request_alone(model):
-    engine = BatchEngine(model, max_batch=3, max_queue=16)
+    engine = ContinuousBatcher(model, max_batch=3, max_queue=16)
     engine.start()
     try:
         lengths = [9, 4, 12, 7, 10, 5, 11, 6]
@@ -49,7 +49,7 @@ def test_concurrent_greedy_requests_equal_each_request_alone(model):
 
 
 def test_requests_that_join_mid_stream_are_unaffected(model):
-    engine = BatchEngine(model, max_batch=4, max_queue=16)
+    engine = ContinuousBatcher(model, max_batch=4, max_queue=16)
     engine.start()
     try:
         first = engine.submit(CompletionRequest(tuple(PROMPTS[0]), 20))
@@ -63,7 +63,7 @@ def test_requests_that_join_mid_stream_are_unaffected(model):
 
 
 def test_seeded_sampling_equals_the_same_request_alone(model):
-    engine = BatchEngine(model, max_batch=2)
+    engine = ContinuousBatcher(model, max_batch=2)
     engine.start()
     try:
         options = dict(temperature=5.0, top_k=40, top_p=0.95, seed=11)
@@ -86,7 +86,7 @@ def test_seeded_sampling_equals_the_same_request_alone(model):
 
 
 def test_logprobs_are_log_softmax_of_the_logits(model):
-    engine = BatchEngine(model, max_batch=2)
+    engine = ContinuousBatcher(model, max_batch=2)
     engine.start()
     try:
         events = _collect(engine.submit(CompletionRequest(tuple(PROMPTS[0]), 3, logprobs=True)))
@@ -96,7 +96,7 @@ def test_logprobs_are_log_softmax_of_the_logits(model):
 
 
 def test_a_cancelled_request_frees_its_slot(model):
-    engine = BatchEngine(model, max_batch=1, max_queue=4)
+    engine = ContinuousBatcher(model, max_batch=1, max_queue=4)
     engine.start()
     try:
         long = engine.submit(CompletionRequest(tuple(PROMPTS[0]), 50))
@@ -110,7 +110,7 @@ def test_a_cancelled_request_frees_its_slot(model):
 
 
 def test_the_queue_is_bounded(model):
-    engine = BatchEngine(model, max_batch=1, max_queue=2)  # not started: nothing leaves the queue
+    engine = ContinuousBatcher(model, max_batch=1, max_queue=2)  # not started: nothing leaves the queue
     for _ in range(2):
         engine.submit(CompletionRequest((1, 2), 2))
     engine._slots[0] = object()  # the only slot is busy
@@ -120,7 +120,7 @@ def test_the_queue_is_bounded(model):
 
 
 def test_shutdown_drains_in_flight_requests_and_refuses_new_ones(model):
-    engine = BatchEngine(model, max_batch=2)
+    engine = ContinuousBatcher(model, max_batch=2)
     engine.start()
     handles = [engine.submit(CompletionRequest(tuple(p), 8)) for p in PROMPTS[:3]]
     stopper = threading.Thread(target=engine.shutdown)
@@ -146,14 +146,14 @@ def test_shutdown_drains_in_flight_requests_and_refuses_new_ones(model):
     ],
 )
 def test_bad_requests_are_refused_with_the_numbers(model, request_kwargs, message):
-    engine = BatchEngine(model, max_batch=1)
+    engine = ContinuousBatcher(model, max_batch=1)
     with pytest.raises(ValueError, match=message):
         engine.submit(CompletionRequest(**request_kwargs))
 
 
 def test_a_chunked_prefill_gives_the_cache_and_logits_of_a_whole_one(exports):
     model = runtime.load(exports["lm-shared"])
-    engine = BatchEngine(model, max_batch=3)
+    engine = ContinuousBatcher(model, max_batch=3)
     prompt = np.array([PROMPTS[2] + PROMPTS[0]], dtype=np.int64)  # (1, 14)
     whole = engine._prefill_into_slot(prompt, 0)
     for start in range(0, prompt.shape[1], 3):
@@ -168,7 +168,7 @@ def test_a_chunked_prefill_gives_the_cache_and_logits_of_a_whole_one(exports):
 
 def test_a_prompt_joining_running_requests_is_prefilled_a_chunk_per_step(exports, monkeypatch):
     model = runtime.load(exports["lm-shared"])
-    engine = BatchEngine(model, max_batch=4, prefill_chunk=3)
+    engine = ContinuousBatcher(model, max_batch=4, prefill_chunk=3)
     chunks = []
     prefill = engine._prefill_into_slot
 
@@ -200,13 +200,13 @@ def test_a_prompt_joining_running_requests_is_prefilled_a_chunk_per_step(exports
 
 def test_an_in_place_export_on_a_gpu_provider_interleaves_instead_of_binding_host_buffers(exports, monkeypatch):
     model = runtime.load(exports["lm-shared"])
-    assert BatchEngine(model).batched
+    assert ContinuousBatcher(model).batched
     monkeypatch.setattr(model.backend, "device", "cuda")  # what provider="cuda" sets; no GPU needed to check
-    assert not BatchEngine(model).batched
+    assert not ContinuousBatcher(model).batched
 
 
 def test_a_max_length_engine_holds_that_many_positions_and_gives_the_same_tokens(model):
-    engine = BatchEngine(model, max_batch=2, max_queue=4, max_length=16)
+    engine = ContinuousBatcher(model, max_batch=2, max_queue=4, max_length=16)
     engine.start()
     try:
         handles = [engine.submit(CompletionRequest(tuple(p), 16 - len(p))) for p in PROMPTS[:3]]
@@ -226,11 +226,11 @@ def test_a_max_length_engine_holds_that_many_positions_and_gives_the_same_tokens
 @pytest.mark.parametrize("max_length", [1, 65])
 def test_a_max_length_outside_the_models_positions_is_refused(model, max_length):
     with pytest.raises(ValueError, match=f"max_length={max_length} must be an integer in \\[2, n_positions 64\\]"):
-        BatchEngine(model, max_length=max_length)
+        ContinuousBatcher(model, max_length=max_length)
 
 
 def test_the_length_is_capped_before_the_cache_exists_or_not_at_all(model):
-    engine = BatchEngine(model, max_batch=1)
+    engine = ContinuousBatcher(model, max_batch=1)
     engine.cap_length(20)
     engine.start()
     try:
@@ -253,7 +253,7 @@ def test_a_request_whose_options_fail_on_its_logits_ends_alone(model, monkeypatc
         raise ValueError(f"rows [0] have no valid distribution to sample at step {step}")
 
     monkeypatch.setattr(batching, "draw", failing_draw)
-    engine = BatchEngine(model, max_batch=2, max_queue=4)
+    engine = ContinuousBatcher(model, max_batch=2, max_queue=4)
     engine.start()
     try:
         sampled = engine.submit(CompletionRequest(tuple(PROMPTS[0]), 5, temperature=1.0, seed=1))
@@ -268,3 +268,13 @@ def test_a_request_whose_options_fail_on_its_logits_ends_alone(model, monkeypatc
     assert greedy_events[-1].finish_reason in ("length", "stop")
     assert tokens and tokens == _alone(model, PROMPTS[1], max_new_tokens=4)[: len(tokens)]
     assert [e.token_id for e in again if e.token_id is not None] == tokens
+
+
+def test_the_names_before_the_rename_still_work():
+    # "engine" means a TensorRT engine now; code written against the old names keeps running.
+    from runtime.batching import BatchEngine, BatcherStats, EngineStats
+    from runtime.serve import server, service
+
+    assert BatchEngine is ContinuousBatcher and EngineStats is BatcherStats
+    assert service.default_engine is service.default_batcher and service.EngineFactory is service.BatcherFactory
+    assert "engine_factory" in server.serve.__code__.co_varnames

@@ -82,11 +82,11 @@ def start_server():
     """start_server(folder, **config) -> a running ThreadServer; every one is stopped after the test."""
     servers = []
 
-    def start(folder: Path, engine_factory=None, **options) -> ThreadServer:
+    def start(folder: Path, batcher_factory=None, **options) -> ThreadServer:
         from runtime.serve import ServeConfig, Service
 
         config = ServeConfig(folder=folder, port=free_port(), **options)
-        service = Service(config) if engine_factory is None else Service(config, engine_factory)
+        service = Service(config) if batcher_factory is None else Service(config, batcher_factory)
         server = ThreadServer(service).__enter__()
         servers.append(server)
         return server

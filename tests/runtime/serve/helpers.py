@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from runtime.batching import BatchEngine
+from runtime.batching import ContinuousBatcher
 
 from ..sessions import SlowSession
 
@@ -57,12 +57,12 @@ def joined(events: list[dict]) -> dict[int, dict]:
     return choices
 
 
-def slow_engine(delay: float):
+def slow_batcher(delay: float):
     """An engine factory whose decode steps each take at least `delay` seconds."""
 
-    def factory(model, max_batch: int, max_queue: int) -> BatchEngine:
+    def factory(model, max_batch: int, max_queue: int) -> ContinuousBatcher:
         model.backend.session = SlowSession(model.backend.session, delay)
-        return BatchEngine(model, max_batch=max_batch, max_queue=max_queue)
+        return ContinuousBatcher(model, max_batch=max_batch, max_queue=max_queue)
 
     return factory
 

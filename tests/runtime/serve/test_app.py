@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from .deps import httpx  # first: skips this module without the serve extra
-from .helpers import TIMEOUT, alone, joined, post, raw_request, slow_engine, stream, wait_until
+from .helpers import TIMEOUT, alone, joined, post, raw_request, slow_batcher, stream, wait_until
 
 PROMPTS = [[5, 17, 42, 99, 7, 250], [80, 81, 82], [12, 13, 14, 15, 16, 17, 18, 19], [3], [200, 100, 50, 25],
            [7, 7, 7, 150, 151], [310, 2, 90, 44, 61, 9, 9]]
@@ -126,7 +126,7 @@ def test_streaming_equals_non_streaming(server, body):
 
 def test_streaming_sends_each_token_as_it_is_decoded(start_server, serve_exports):
     """With 40 ms decode steps, chunks arrive spread over the generation, not all at the end."""
-    server = start_server(serve_exports["lm-shared"], engine_factory=slow_engine(0.04))
+    server = start_server(serve_exports["lm-shared"], batcher_factory=slow_batcher(0.04))
     arrivals = []
     with httpx.stream("POST", f"{server.url}/v1/completions", timeout=TIMEOUT,
                       json={"prompt": [1, 2, 3], "max_tokens": 10, "temperature": 0, "stream": True,
@@ -409,9 +409,9 @@ def test_max_model_len_bounds_prompt_plus_completion_and_the_batch_cache(start_s
             "max_tokens <= 4") in over.json()["error"]["message"]
     fits = post(server.url, {"prompt": [5, 17, 42], "max_tokens": 21, "temperature": 0, "return_token_ids": True})
     assert fits.json()["choices"][0]["token_ids"] == alone(reference_model, [5, 17, 42], 21)
-    assert server.service.engine._cache.max_length == 24  # 2 rows x 24 positions, not 2 x n_positions 64
-    custom = start_server(serve_exports["lm-shared"], engine_factory=slow_engine(0.0), max_batch=2, max_model_len=24)
-    assert custom.service.engine._cache.max_length == 24  # an engine factory of one's own is capped the same way
+    assert server.service.batcher._cache.max_length == 24  # 2 rows x 24 positions, not 2 x n_positions 64
+    custom = start_server(serve_exports["lm-shared"], batcher_factory=slow_batcher(0.0), max_batch=2, max_model_len=24)
+    assert custom.service.batcher._cache.max_length == 24  # an engine factory of one's own is capped the same way
 
 
 def test_a_max_model_len_beyond_n_positions_is_refused_at_start(serve_exports):
@@ -490,8 +490,8 @@ def test_the_api_key_comes_from_the_environment_too(monkeypatch):
 
 
 def test_past_max_queue_requests_get_429_with_retry_after(start_server, serve_exports):
-    server = start_server(serve_exports["lm-shared"], engine_factory=slow_engine(0.05), max_batch=1, max_queue=1)
-    engine = server.service.engine
+    server = start_server(serve_exports["lm-shared"], batcher_factory=slow_batcher(0.05), max_batch=1, max_queue=1)
+    engine = server.service.batcher
     long = {"prompt": [1, 2, 3], "max_tokens": 40, "ignore_eos": True}
     first = raw_request(server.port, long)
     wait_until(lambda: engine.stats().active == 1, 5)
@@ -510,8 +510,8 @@ def test_past_max_queue_requests_get_429_with_retry_after(start_server, serve_ex
 
 def test_a_client_that_disconnects_mid_stream_frees_its_slot_within_a_step(start_server, serve_exports):
     delay = 0.05
-    server = start_server(serve_exports["lm-shared"], engine_factory=slow_engine(delay), max_batch=2)
-    engine = server.service.engine
+    server = start_server(serve_exports["lm-shared"], batcher_factory=slow_batcher(delay), max_batch=2)
+    engine = server.service.batcher
     with httpx.stream("POST", f"{server.url}/v1/completions", timeout=TIMEOUT,
                       json={"prompt": [1, 2, 3], "max_tokens": 50, "ignore_eos": True, "stream": True}) as response:
         lines = response.iter_lines()
@@ -526,8 +526,8 @@ def test_a_client_that_disconnects_mid_stream_frees_its_slot_within_a_step(start
 
 
 def test_a_queued_non_streaming_client_that_hangs_up_never_runs(start_server, serve_exports):
-    server = start_server(serve_exports["lm-shared"], engine_factory=slow_engine(0.03), max_batch=1)
-    engine = server.service.engine
+    server = start_server(serve_exports["lm-shared"], batcher_factory=slow_batcher(0.03), max_batch=1)
+    engine = server.service.batcher
     running = raw_request(server.port, {"prompt": [1, 2, 3], "max_tokens": 20, "ignore_eos": True})
     wait_until(lambda: engine.stats().active == 1, 5)
     queued = raw_request(server.port, {"prompt": [4, 5, 6], "max_tokens": 20, "ignore_eos": True})

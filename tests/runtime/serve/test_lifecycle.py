@@ -20,10 +20,10 @@ LAUNCHER = """
 import sys
 from runtime.serve.config import ServeConfig
 from runtime.serve.server import serve
-from tests.runtime.serve.helpers import slow_engine
+from tests.runtime.serve.helpers import slow_batcher
 
 config = ServeConfig(folder=sys.argv[1], port=int(sys.argv[2]), drain_timeout=30)
-sys.exit(serve(config, log_level="warning", engine_factory=slow_engine(float(sys.argv[3]))))
+sys.exit(serve(config, log_level="warning", batcher_factory=slow_batcher(float(sys.argv[3]))))
 """
 
 

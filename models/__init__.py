@@ -13,8 +13,8 @@ from .heads import (
     GPT2LMHeadModel,
     GPT2SequenceSummary,
 )
-from .model import GPT2Model
 from .pretrained import GPT2PreTrainedModel
+from .transformer import GPT2Model
 
 __all__ = [
     "PRESETS",

@@ -15,7 +15,6 @@ from torch.nn import functional as F
 from .activations import Activation
 from .config import GPT2Config
 from .generation import GenerationMixin
-from .model import GPT2Model
 from .outputs import (
     CausalLMOutput,
     DoubleHeadsOutput,
@@ -24,6 +23,7 @@ from .outputs import (
     TokenClassifierOutput,
 )
 from .pretrained import GPT2PreTrainedModel
+from .transformer import GPT2Model
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, num_items_in_batch: int | None = None) -> torch.Tensor:

@@ -1,27 +1,60 @@
-"""The `gpt2-export` command line: each command is a thin wrapper that turns library errors into messages."""
+"""The `gpt2-export` command line: each command is a thin wrapper that turns library errors into messages.
+
+Commands of packages above the exporter (the benchmarks' `bench` and `bench-serve`) register under the
+`gpt2_export.commands` entry-point group and are imported only when used, so this module never imports them.
+"""
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Callable
+from importlib.metadata import EntryPoint, entry_points
 
 import click
 
 from . import __version__
+from .command_errors import errors_as_messages
+from .engine_cli import build_engine_command
+from .serve_cli import serve_command
+
+COMMAND_GROUP = "gpt2_export.commands"  # entry points: name = "package.module:click_command"
 
 
-def _errors_as_messages(fn: Callable) -> Callable:
-    """Show expected failures (bad input, missing files) as one line, not a traceback."""
+def registered_commands() -> dict[str, EntryPoint]:
+    """The commands other installed packages add to gpt2-export, by name."""
+    return {ep.name: ep for ep in entry_points(group=COMMAND_GROUP)}
 
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
+
+def _unavailable(name: str, entry: EntryPoint, error: Exception) -> click.Command:
+    """A stand-in for a registered command that cannot be imported: it fails with the reason and the fix."""
+
+    def fail() -> None:
+        raise click.ClickException(
+            f"the `{name}` command comes from {entry.value}, which cannot be loaded ({type(error).__name__}: "
+            f"{error}): reinstall the project (pip install -e .) from a checkout that has it"
+        )
+
+    return click.Command(name, callback=fail, help=f"(unavailable: {entry.value} cannot be loaded)",
+                         context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+
+
+class CommandGroup(click.Group):
+    """The gpt2-export group: its own commands, plus the registered ones, loaded on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *registered_commands()})
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        command = super().get_command(ctx, name)
+        entry = registered_commands().get(name) if command is None else None
+        if entry is None:
+            return command
         try:
-            return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, ImportError, RuntimeError) as e:
-            raise click.ClickException(str(e)) from e
-
-    return wrapper
+            command = entry.load()
+        except Exception as e:  # an entry point's import can fail in any way its module can
+            return _unavailable(name, entry, e)
+        self.add_command(command, name)
+        return command
 
 
 def _sampling_options(fn: Callable) -> Callable:
@@ -46,7 +79,7 @@ def _decoding_options(max_new_tokens, sample, temperature, top_k, top_p, seed, n
                 seed=seed, num_beams=num_beams)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="gpt2-export")
 def main() -> None:
     """Export GPT-2 to ONNX, validate it against PyTorch, and run it without torch."""
@@ -58,7 +91,7 @@ def main() -> None:
 )
 @click.option("--prompt", required=True, help="Text to continue.")
 @_sampling_options
-@_errors_as_messages
+@errors_as_messages
 def reference_generate(model_path, prompt, max_new_tokens, sample, temperature, top_k, top_p, seed, num_beams):
     """Generate text with the PyTorch reference model (the baseline every export is checked against)."""
     import torch
@@ -115,7 +148,7 @@ def reference_generate(model_path, prompt, max_new_tokens, sample, temperature, 
     default=None,
     help="With --weights: elements per quantization scale, a power of two >= 16 [default: int8 128, int4 32].",
 )
-@_errors_as_messages
+@errors_as_messages
 def export_command(
     model_path, head, output, opset, dtype, overwrite, no_validate, external_data, plain, kv_cache, weights,
     block_size,
@@ -148,7 +181,7 @@ def export_command(
 @main.command("validate")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--model", "model_path", default=None, help="Checkpoint to compare with (default: the one exported).")
-@_errors_as_messages
+@errors_as_messages
 def validate_command(folder, model_path):
     """Re-run the export's validation: ONNX Runtime on CPU against the PyTorch reference."""
     from .export import validate_folder
@@ -164,7 +197,7 @@ def validate_command(folder, model_path):
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="ONNX Runtime intra-op threads.")
 @_sampling_options
-@_errors_as_messages
+@errors_as_messages
 def generate_command(
     folder, prompt, provider, threads, max_new_tokens, sample, temperature, top_k, top_p, seed, num_beams
 ):
@@ -184,54 +217,8 @@ def generate_command(
     click.echo()
 
 
-@main.command("bench")
-@click.option("--model", "model_path", default=None, help="Local checkpoint folder (default: random GPT-2 small).")
-@click.option("--output", type=click.Path(file_okay=False), default="bench-results", show_default=True,
-              help="Folder for results.json, results.md, the PNGs, logs and the cached exports.")
-@click.option("--quick", is_flag=True, help="Tiny shapes, one repeat: a smoke test, not a measurement.")
-@click.option("--backends", default=None, help="Comma-separated backends (default: all available).")
-@click.option("--repeats", type=click.IntRange(min=1), default=None, help="Timed repeats (default 5; quick 1).")
-@click.option("--prompt-lengths", default=None, help="Prefill prompt lengths (default 8,32,128,512).")
-@click.option("--batch-sizes", default=None, help="generate() batch sizes (default 1,4,8).")
-@click.option("--new-tokens", type=click.IntRange(min=1), default=None, help="Decode steps / new tokens (default 128).")
-@click.option("--decode-batch", type=click.IntRange(min=1), default=None,
-              help="Batch of the second prefill / per-token decode measurement (default: the largest batch size).")
-@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="Threads per backend.")
-@_errors_as_messages
-def bench_command(model_path, output, quick, backends, repeats, prompt_lengths, batch_sizes, new_tokens, decode_batch,
-                  threads):
-    """Benchmark every backend side by side: prefill, per-token decode, tokens/s, peak RSS, ratios, targets."""
-    from benchmarks import BenchConfig, run_benchmark
-    from benchmarks.config import parse_backends, parse_ints
-
-    from .progress import stderr_reporter
-
-    config = BenchConfig(
-        model=model_path,
-        output=output,
-        quick=quick,
-        backends=parse_backends(backends),
-        repeats=repeats,
-        prompt_lengths=parse_ints(prompt_lengths, "--prompt-lengths"),
-        batch_sizes=parse_ints(batch_sizes, "--batch-sizes"),
-        new_tokens=new_tokens,
-        decode_batch=decode_batch,
-        threads=threads,
-        extra={"command": " ".join(["gpt2-export", *sys.argv[1:]])},
-    )
-    result = run_benchmark(config, stderr_reporter)
-    click.echo(result.markdown)
-    click.echo(f"wrote {', '.join(str(path) for path in result.files.values())}", err=True)
-
-
-from .engine_cli import build_engine_command  # noqa: E402  (thin command modules register onto the group)
-
 main.add_command(build_engine_command)
-
-from .serve_cli import bench_serve_command, serve_command  # noqa: E402
-
 main.add_command(serve_command)
-main.add_command(bench_serve_command)
 
 
 if __name__ == "__main__":

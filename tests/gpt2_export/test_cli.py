@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
+from gpt2_export import cli
 from gpt2_export.cli import main
 
-COMMANDS = sorted(main.commands)
+COMMANDS = sorted(main.list_commands(None))  # the group's own commands and the registered ones
 
 
 @pytest.mark.parametrize("command", COMMANDS)
@@ -20,8 +21,32 @@ def test_every_command_has_help(command):
 def test_the_group_lists_its_commands():
     result = CliRunner().invoke(main, ["--help"])
     assert result.exit_code == 0
-    for command in ("export", "validate", "reference-generate"):
+    for command in ("export", "validate", "reference-generate", "serve", "build-engine", "bench", "bench-serve"):
         assert command in result.output
+
+
+def test_the_benchmarks_commands_come_through_entry_points_not_imports():
+    # pyproject.toml registers them; a checkout installed without `pip install -e .` would not list them.
+    registered = cli.registered_commands()
+    assert {name: ep.value for name, ep in registered.items()} == {
+        "bench": "benchmarks.cli:bench_command", "bench-serve": "benchmarks.cli:bench_serve_command",
+    }
+    from benchmarks.cli import bench_command
+
+    assert main.get_command(None, "bench") is bench_command
+
+
+def test_a_registered_command_that_cannot_load_fails_with_the_fix(monkeypatch):
+    from importlib.metadata import EntryPoint
+
+    broken = EntryPoint("bench-gpu", "no_such_package.cli:command", cli.COMMAND_GROUP)
+    monkeypatch.setattr(cli, "registered_commands", lambda: {"bench-gpu": broken})
+    group = cli.CommandGroup(commands={"export": main.commands["export"]})
+    assert group.list_commands(None) == ["bench-gpu", "export"]
+    result = CliRunner().invoke(group, ["bench-gpu", "--quick"])
+    assert result.exit_code == 1
+    assert "the `bench-gpu` command comes from no_such_package.cli:command, which cannot be loaded" in result.output
+    assert "ModuleNotFoundError" in result.output and "pip install -e ." in result.output
 
 
 def test_export_then_validate(hf_checkpoints, tmp_path):

@@ -6,8 +6,9 @@ import json
 
 from click.testing import CliRunner
 
+from benchmarks.cli import bench_serve_command
 from benchmarks.serve_load import ServeBenchConfig, run_serve_bench
-from gpt2_export.serve_cli import bench_serve_command, serve_command
+from gpt2_export.serve_cli import serve_command
 from runtime.serve.cli import main as runtime_serve_main
 
 from .deps import httpx  # noqa: F401 (skips this module without the serve extra)

@@ -28,12 +28,24 @@ from gpt2_export.progress import stderr_reporter
 @click.option("--decode-batch", type=click.IntRange(min=1), default=None,
               help="Batch of the second prefill / per-token decode measurement (default: the largest batch size).")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="Threads per backend.")
+@click.option("--rounds", type=click.IntRange(min=0), default=None,
+              help="Interleaved rounds of the floor, our CPU backends and the peers (default 5; quick 1; 0: none).")
+@click.option("--round-steps", type=click.IntRange(min=1), default=None,
+              help="Decode steps timed per prompt length per round (default 8; quick 2).")
+@click.option("--positions", default=None,
+              help="Prompt lengths the rounds decode after (default: 32, 900 and eighths of n_positions to its end).")
+@click.option("--peers", default=None,
+              help="Peers in the rounds: llama-cpp-f32, llama-cpp-q8_0, llama-cpp-q4_0, ct2-float32, ct2-int8, all "
+                   "(default) or none; each skipped with the reason when absent.")
+@click.option("--llama-cpp", "llama_cpp", type=click.Path(file_okay=False), default=None,
+              help="llama.cpp build folder with llama-bench, llama-quantize (and the source's convert_hf_to_gguf.py) "
+                   "[default: $GPT2_EXPORT_LLAMA_CPP].")
 @errors_as_messages
 def bench_command(model_path, output, quick, backends, repeats, prompt_lengths, batch_sizes, new_tokens, decode_batch,
-                  threads):
+                  threads, rounds, round_steps, positions, peers, llama_cpp):
     """Benchmark every backend side by side: prefill, per-token decode, tokens/s, peak RSS, ratios, targets."""
     from . import BenchConfig, run_benchmark
-    from .config import parse_backends, parse_ints
+    from .config import parse_backends, parse_ints, parse_peers
 
     config = BenchConfig(
         model=model_path,
@@ -46,6 +58,11 @@ def bench_command(model_path, output, quick, backends, repeats, prompt_lengths, 
         new_tokens=new_tokens,
         decode_batch=decode_batch,
         threads=threads,
+        rounds=rounds,
+        round_steps=round_steps,
+        positions=parse_ints(positions, "--positions"),
+        peers=parse_peers(peers),
+        llama_cpp=llama_cpp,
         extra={"command": " ".join(["gpt2-export", *sys.argv[1:]])},
     )
     result = run_benchmark(config, stderr_reporter)

@@ -26,6 +26,8 @@ BACKENDS = (
     "ort-fused-tensorrt",
     "tensorrt",
 )
+# Peer backends (benchmarks.rounds), timed in the interleaved rounds only: found, never installed.
+PEERS = ("llama-cpp-f32", "llama-cpp-q8_0", "llama-cpp-q4_0", "ct2-float32", "ct2-int8")
 BASELINE = "hf-sdpa"
 GPU_BASELINE = "hf-sdpa-cuda"
 # Other processes' share of the CPUs above which the machine is not quiet: wait before, measure again after.
@@ -35,10 +37,10 @@ AGREEMENT_PROMPT_LENGTH = 16  # tokens per prompt of the int8 / int4 agreement c
 # Shapes of a full run and of --quick (a smoke test on tiny shapes, not a measurement).
 FULL = dict(prompt_lengths=(8, 32, 128, 512), batch_sizes=(1, 4, 8), decode_prompt=32, new_tokens=128,
             repeats=5, warmup=2, generate_repeats=3, agreement_prompts=8, agreement_tokens=32,
-            bandwidth_mib=1024, quiet_wait_s=300, retries=2)
+            bandwidth_mib=1024, quiet_wait_s=300, retries=2, rounds=5, round_steps=8)
 QUICK = dict(prompt_lengths=(4, 8), batch_sizes=(1, 2), decode_prompt=4, new_tokens=4,
              repeats=1, warmup=1, generate_repeats=1, agreement_prompts=2, agreement_tokens=4,
-             bandwidth_mib=128, quiet_wait_s=0, retries=0)
+             bandwidth_mib=128, quiet_wait_s=0, retries=0, rounds=1, round_steps=2)
 
 
 class BenchConfigError(ValueError):
@@ -67,6 +69,11 @@ class BenchConfig:
     bandwidth_mib: int | None = None  # size of the array read to measure memory bandwidth
     quiet_wait_s: int | None = None  # before each measurement, wait up to this long for other processes to idle
     retries: int | None = None  # measure a backend again when other processes used the CPUs meanwhile
+    rounds: int | None = None  # interleaved rounds of the floor, our CPU backends and the peers (0: none)
+    round_steps: int | None = None  # decode steps timed per position per round
+    positions: tuple[int, ...] | None = None  # prompt lengths the rounds decode after; None: the context's sweep
+    peers: tuple[str, ...] = PEERS
+    llama_cpp: str | Path | None = None  # llama.cpp build folder; None: $GPT2_EXPORT_LLAMA_CPP
     seed: int = 0
     worker_timeout_s: float = 3600.0
     extra: dict[str, Any] = field(default_factory=dict)  # recorded as is (e.g. the command line)
@@ -76,8 +83,15 @@ class BenchConfig:
         for name, value in defaults.items():
             if getattr(self, name) is None:
                 object.__setattr__(self, name, value)
-        for name in ("prompt_lengths", "batch_sizes", "backends"):
+        for name in ("prompt_lengths", "batch_sizes", "backends", "peers"):
             object.__setattr__(self, name, tuple(getattr(self, name)))
+        if self.positions is not None:
+            object.__setattr__(self, "positions", tuple(self.positions))
+            if not self.positions or any(not isinstance(p, int) or p < 1 for p in self.positions):
+                raise BenchConfigError(f"positions={self.positions!r} must be a non-empty list of integers >= 1")
+        unknown_peers = [p for p in self.peers if p not in PEERS]
+        if unknown_peers:
+            raise BenchConfigError(f"unknown peer(s) {', '.join(unknown_peers)}: choose from {', '.join(PEERS)}")
         unknown = [b for b in self.backends if b not in BACKENDS]
         if unknown:
             raise BenchConfigError(f"unknown backend(s) {', '.join(unknown)}: choose from {', '.join(BACKENDS)}")
@@ -91,7 +105,8 @@ class BenchConfig:
             object.__setattr__(self, "decode_batch", max(self.batch_sizes))
         for name, minimum in (("threads", 1), ("decode_batch", 1), ("decode_prompt", 1), ("new_tokens", 1),
                               ("repeats", 1), ("warmup", 0), ("generate_repeats", 1), ("agreement_prompts", 1),
-                              ("agreement_tokens", 1), ("bandwidth_mib", 1), ("quiet_wait_s", 0), ("retries", 0)):
+                              ("agreement_tokens", 1), ("bandwidth_mib", 1), ("quiet_wait_s", 0), ("retries", 0),
+                              ("rounds", 0), ("round_steps", 1)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < minimum:
                 raise BenchConfigError(f"{name}={value!r} must be an integer >= {minimum}")
@@ -115,6 +130,7 @@ class BenchConfig:
         data = dataclasses.asdict(self)
         data["model"] = str(self.model) if self.model is not None else None
         data["output"] = str(self.output)
+        data["llama_cpp"] = str(self.llama_cpp) if self.llama_cpp is not None else None
         return data
 
 
@@ -129,6 +145,15 @@ def parse_ints(text: str | None, option: str) -> tuple[int, ...] | None:
     if not values:
         raise BenchConfigError(f"{option} is empty: give a comma-separated list of integers, e.g. 8,32,128")
     return values
+
+
+def parse_peers(text: str | None) -> tuple[str, ...]:
+    """'llama-cpp-f32,ct2-int8' -> that tuple; None or 'all' selects every peer, 'none' none."""
+    if text is None or text.strip() == "all":
+        return PEERS
+    if text.strip() == "none":
+        return ()
+    return tuple(part.strip() for part in text.split(",") if part.strip())
 
 
 def parse_backends(text: str | None) -> tuple[str, ...]:

@@ -158,7 +158,7 @@ def progress(message: str) -> None:
     print(PROGRESS_PREFIX + message, file=sys.stderr, flush=True)
 
 
-def _worker_env(threads: int) -> dict[str, str]:
+def worker_env(threads: int) -> dict[str, str]:
     """The child's environment: this checkout importable, one thread count, TensorFlow kept out."""
     env = dict(os.environ)
     root = str(Path(__file__).resolve().parent.parent)
@@ -179,7 +179,7 @@ def run_worker(spec: dict, workdir: Path, name: str, threads: int, timeout_s: fl
     result_path.unlink(missing_ok=True)
     command = [sys.executable, "-m", "benchmarks.worker", str(spec_path), str(result_path)]
     with open(log_path, "w", encoding="utf-8") as log:
-        child = subprocess.Popen(command, stdout=log, stderr=subprocess.PIPE, text=True, env=_worker_env(threads))
+        child = subprocess.Popen(command, stdout=log, stderr=subprocess.PIPE, text=True, env=worker_env(threads))
         killer = threading.Timer(timeout_s, child.kill)  # a silent hang cannot outlive the limit either
         killer.start()
         try:

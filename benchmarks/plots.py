@@ -1,4 +1,5 @@
-"""The three PNGs (matplotlib, Agg): prefill latency vs prompt length, decode latency vs position, tokens/s vs batch."""
+"""The PNGs (matplotlib, Agg): prefill latency vs prompt length, decode latency vs position, tokens/s vs batch,
+and (from the interleaved rounds) decode latency over the whole context against the weights + KV floor."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ PLOT_FILES = {
     "prefill": "prefill_latency_vs_prompt_length.png",
     "decode": "decode_latency_vs_position.png",
     "throughput": "tokens_per_s_vs_batch.png",
+    "context": "decode_latency_vs_context.png",
 }
+PEER_STYLES = {"llama-cpp": ("--", "D"), "ct2": ("-.", "v")}
 STYLES = {"hf-": ("--", "o"), "optimum": ("-.", "s"), "reference": (":", "^")}  # ours: solid lines
 
 
@@ -103,6 +106,31 @@ def plot_throughput(summaries: dict[str, dict], subtitle: str, path: Path) -> Pa
         batches.update(sizes)
         ax.plot(sizes, [s["generate"][str(b)]["tokens_per_s"] for b in sizes], label=name, **_style(name))
     ax.set_xticks(sorted(batches))
+    ax.set_yscale("log")
+    _plain_numbers(ax, "y")
+    return _save(plt, fig, ax, path)
+
+
+def plot_context(summary: dict[str, Any], subtitle: str, path: Path) -> Path:
+    """Best-round ms per decode step vs prompt length over the whole context, with the fp32 weights + KV floor."""
+    from matplotlib import colormaps
+
+    plt, fig, ax = _figure(f"Decode latency over the context (batch 1, best of {summary['rounds']} interleaved "
+                           f"rounds)\n{subtitle}", "prompt length before the step (tokens)", "best ms per step")
+    positions = [int(p) for p in summary["positions"]]
+    names = [n for n, e in summary["participants"].items() if e["status"] == "ok"]
+    for index, name in enumerate(names):
+        entry = summary["participants"][name]
+        points = [(int(p), s["best"]) for p, s in entry["decode_ms"].items() if s]
+        if name in BACKENDS:
+            style = _style(name)
+        else:  # peers: their own colours and dashes
+            line, marker = next((v for k, v in PEER_STYLES.items() if name.startswith(k)), ("-", "."))
+            style = {"linestyle": line, "marker": marker, "color": colormaps["Dark2"](index % 8)}
+        ax.plot([p for p, _ in points], [ms for _, ms in points], label=name, markersize=4, **style)
+    floor = [summary["floor_ms"][str(p)]["best"] for p in positions]
+    if all(v is not None for v in floor):
+        ax.plot(positions, floor, color="black", linewidth=1.5, label="fp32 weights + KV floor")
     ax.set_yscale("log")
     _plain_numbers(ax, "y")
     return _save(plt, fig, ax, path)

@@ -140,6 +140,53 @@ def targets_table(targets: list[dict[str, Any]]) -> list[str]:
     return _table(["target", "source", "backend", "value", "limit", "status", "numbers"], rows)
 
 
+def _best(entry: dict[str, Any] | None, digits: int = 2) -> str:
+    """'best (median)' of a round summary; '-' when not measured."""
+    if not entry or entry.get("best") is None:
+        return "-"
+    return f"{entry['best']:,.{digits}f} ({entry['median']:,.{digits}f})"
+
+
+def rounds_lines(data: dict[str, Any]) -> list[str]:
+    """The interleaved rounds: per participant, best (median) ms per step at each prompt length, batch B, ratios."""
+    rounds = data.get("rounds")
+    if not rounds:
+        return []
+    heading = ["## Decode over the context: floor, ours and the peers in interleaved rounds", ""]
+    if "error" in rounds:
+        return heading + [f"- The rounds failed: {rounds['error']}", ""]
+    s = rounds["summary"]
+    positions, batch = s["positions"], s["batch"]
+    bw = s["bandwidth_gbs"] or {}
+    lines = heading + [
+        f"Best of {s['rounds']} rounds, the median round in parentheses (ms per decode step). Each round measures "
+        f"the floor, then every participant in turn (each round starts one later). At each prompt length P: P "
+        f"tokens filled untimed, then {s['steps']} decode steps timed at batch 1 (a round's value: their median; "
+        f"llama-bench: their mean); batch {batch}: after a {s['batch_prompt']}-token prompt. Floor at P: fp32 "
+        f"weights ({s['weight_bytes'] / 1e6:.1f} MB) + the KV cache of P + 1 positions (fp32), over the round's "
+        f"read bandwidth ({_best(bw, 1)} GB/s, best = highest shown first). Compute floor: the GEMMs of one "
+        f"batch-{batch} step (numpy, fp32 weights of the model's shapes). Ratios: best / best.", ""]
+    if s["rounds"] < 5:
+        lines += [f"- WARNING: {s['rounds']} round(s), fewer than the 5 a ranking needs on a noisy host", ""]
+    targets = [p for p in ("32", "900") if p in positions]
+    header = (["participant", "family"] + [f"P={p}" for p in positions] + [f"B={batch} step"]
+              + [f"/ floor P={p}" for p in targets] + [f"B={batch} / compute floor"])
+    rows = [["**floor** (fp32 weights + KV)", "-"] + [_best(s["floor_ms"][p]) for p in positions]
+            + [_best(s["compute_floor_ms"])] + ["1.00x" for _ in targets] + ["1.00x"]]
+    others = []
+    for name, e in s["participants"].items():
+        if e["status"] != "ok":
+            others.append(f"- `{name}` ({e['status']}): {e['reason']}")
+            continue
+        rows.append([f"`{name}`", e["family"] or "-"] + [_best(e["decode_ms"].get(p)) for p in positions]
+                    + [_best(e["batch_ms"])] + [_x(e["vs_floor"].get(p)) for p in targets]
+                    + [_x(e["batch_vs_compute_floor"])])
+    lines += _table(header, rows) + [""]
+    infos = [f"- `{name}`: llama-bench says {e['info']}" for name, e in s["participants"].items() if e.get("info")]
+    lines += others + infos + ([""] if others or infos else [])
+    return lines + ["## Targets of issue 13 (from the rounds)", "", *targets_table(data.get("round_targets") or []), ""]
+
+
 def _samples(bandwidth: dict[str, Any]) -> str:
     """The spread of the bandwidth measured before each backend, when it was."""
     samples = bandwidth.get("samples_gbs") or []
@@ -231,6 +278,7 @@ def markdown(data: dict[str, Any]) -> str:
         *ratio_table(data), "",
         *gpu_ratio_lines(data),
         "## Targets", "", *targets_table(data["targets"]), "",
+        *rounds_lines(data),
         *_agreement(data.get("agreement")), "",
     ]
     others = {n: b for n, b in data["backends"].items() if b["status"] != "ok"}

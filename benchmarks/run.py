@@ -17,7 +17,7 @@ from typing import Any
 
 from gpt2_export.progress import Reporter, silent, stage
 
-from . import analysis, artifacts, machine, plots, report
+from . import analysis, artifacts, machine, plots, report, round_analysis, rounds
 from .backends import ENGINE_BACKENDS, LABELS, RUNTIME_BACKENDS, export_variant, unavailable_reason
 from .config import BACKENDS, BASELINE, GPU_BASELINE, QUIET_SHARE, BenchConfig
 from .measure import WorkerError, run_worker, wait_for_quiet
@@ -149,6 +149,25 @@ def _run_agreement(runnable: list[str], arts: artifacts.Artifacts, config: Bench
         return {"reason": f"agreement failed: {e}"}
 
 
+def _run_rounds(runnable: list[str], arts: artifacts.Artifacts, config: BenchConfig, workdir: Path,
+                report_: Reporter) -> dict[str, Any] | None:
+    """The interleaved rounds (floor, our CPU backends, peers), or {"error": why} when the floor could not run."""
+    if not config.rounds:
+        return None
+    try:
+        return rounds.run_rounds(config, arts, runnable, workdir, report_)
+    except RuntimeError as e:  # the floor's worker failed: no ratio could be computed
+        report_(f"  the interleaved rounds failed: {e}")
+        return {"error": str(e)}
+
+
+def _rounds_data(raw: dict[str, Any] | None, model_config: dict[str, Any]) -> dict[str, Any] | None:
+    """results.json's rounds: raw samples and their summary (or the error)."""
+    if raw is None or "error" in raw:
+        return raw
+    return {"raw": raw, "summary": round_analysis.summarize_rounds(raw, model_config)}
+
+
 def model_info(arts: artifacts.Artifacts) -> dict[str, Any]:
     """What results.json records about the weights: where from, random or not, the whole config.json."""
     return {"source": arts.source, "random_weights": arts.random_weights, "checkpoint": str(arts.checkpoint),
@@ -157,19 +176,22 @@ def model_info(arts: artifacts.Artifacts) -> dict[str, Any]:
 
 
 def analyse(config: dict[str, Any], machine_info: dict, model: dict[str, Any], results: dict[str, dict],
-            agreement: dict[str, Any] | None, created: str | None = None) -> dict[str, Any]:
+            agreement: dict[str, Any] | None, created: str | None = None,
+            rounds_raw: dict[str, Any] | None = None) -> dict[str, Any]:
     """results.json's content: config, machine, model, raw results, summaries, ratios, floor, targets.
 
     The floor uses the bandwidth measured at the start, in a fresh array with 5 passes. The samples taken
     before each backend are kept as a drift diagnostic only: on this VM they swing from ~30 to ~60 GB/s
     between processes with no matching change in any backend's decode time, so they do not describe the
-    memory a backend's weights live in.
+    memory a backend's weights live in. The interleaved rounds (rounds_raw) carry their own floors, sampled
+    in every round, and issue 13's targets.
     """
     ok = {name: r for name, r in results.items() if r["status"] == "ok"}
     summaries = {name: analysis.summarize_backend(r) for name, r in ok.items()}
     machine_info["bandwidth"]["samples_gbs"] = [r["bandwidth_gbs_before"] for r in results.values()
                                                 if "bandwidth_gbs_before" in r]
     floor = analysis.memory_floor(model.get("config") or model, machine_info["bandwidth"]["gbs"])
+    rounds_data = _rounds_data(rounds_raw, model.get("config") or model)
     backends = {}
     for name, r in results.items():
         entry = {"status": r["status"], "label": LABELS[name], "reason": r.get("reason")}
@@ -193,6 +215,9 @@ def analyse(config: dict[str, Any], machine_info: dict, model: dict[str, Any], r
         "token_match_vs_baseline": analysis.token_match(summaries, ok, BASELINE),
         "agreement": agreement,
         "targets": analysis.evaluate_targets(summaries, floor, agreement),
+        "rounds": rounds_data,
+        "round_targets": (round_analysis.evaluate_round_targets(rounds_data["summary"])
+                          if rounds_data and "summary" in rounds_data else []),
     }
 
 
@@ -202,8 +227,10 @@ def rerender(output: str | Path) -> BenchResult:
     saved = json.loads((output / report.JSON_FILE).read_text(encoding="utf-8"))
     results = {name: {"backend": name, "status": b["status"], "reason": b.get("reason"), **(b.get("raw") or {})}
                for name, b in saved["backends"].items()}
+    saved_rounds = saved.get("rounds") or None
+    rounds_raw = saved_rounds.get("raw", saved_rounds) if saved_rounds else None
     data = analyse(saved["config"], saved["machine"], saved["model"], results, saved.get("agreement"),
-                   saved["created"])
+                   saved["created"], rounds_raw)
     files, text = write_outputs(data, output)
     return BenchResult(output, data, text, files)
 
@@ -220,6 +247,8 @@ def run_benchmark(config: BenchConfig, report_: Reporter = silent) -> BenchResul
     arts = artifacts.resolve(config.model, output, report_)
     report_(f"model: {arts.source}")
     _check_positions(config, arts.config)
+    if config.rounds:  # refuse impossible positions before anything is measured
+        rounds.sweep_positions(arts.config["n_positions"], config.round_steps, config.positions)
     wait_for_quiet(QUIET_SHARE, config.quiet_wait_s, report_)
     with stage("machine: versions and memory read bandwidth", report_):
         machine_info = machine.describe(config.threads, config.bandwidth_mib, passes=3 if config.quick else 5)
@@ -236,7 +265,9 @@ def run_benchmark(config: BenchConfig, report_: Reporter = silent) -> BenchResul
     results = {name: results[name] for name in selected}
     agreement = _run_agreement([n for n in runnable if results[n]["status"] == "ok"], arts, config, workdir,
                                report_)
-    data = analyse(config.to_dict(), machine_info, model_info(arts), results, agreement)
+    ok = [n for n in runnable if results[n]["status"] == "ok"]
+    rounds_raw = _run_rounds(ok, arts, config, workdir, report_)
+    data = analyse(config.to_dict(), machine_info, model_info(arts), results, agreement, rounds_raw=rounds_raw)
     files, text = write_outputs(data, output)
     return BenchResult(output, data, text, files)
 
@@ -248,6 +279,9 @@ def write_outputs(data: dict[str, Any], output: Path) -> tuple[dict[str, Path], 
     subtitle = f"{model_label}; {data['machine']['cpu']}, {data['config']['threads']} threads"
     files = {f"plot_{kind}": path for kind, path in
              plots.plot_all(data["summaries"], data["memory_floor"]["floor_ms"], subtitle, output).items()}
+    if (data.get("rounds") or {}).get("summary"):
+        files["plot_context"] = plots.plot_context(data["rounds"]["summary"], subtitle,
+                                                   output / plots.PLOT_FILES["context"])
     data["files"] = {kind: path.name for kind, path in files.items()}
     files["json"] = report.write_json(data, output)
     files["markdown"], text = report.write_markdown(data, output)

@@ -1,0 +1,101 @@
+"""The checkpoint copy the peer converters read: config.json with n_ctx, and GPT-2's vocab.json + merges.txt.
+
+llama.cpp's `convert_hf_to_gguf.py` reads `n_ctx` from config.json (transformers 4.57 writes only n_positions)
+and both it and CTranslate2's converter load the tokenizer files, which the benchmark's random-weight default
+checkpoint lacks. The copy links the weights (no second copy of them) and writes what is missing: the files
+are rebuilt from the bundled tiktoken ranks (runtime/assets/gpt2.tiktoken, r50k_base), every merge being the
+two parts BPE reaches for a token with lower ranks only (as tiktoken's educational `bpe` recovers them).
+A vocabulary smaller than GPT-2's keeps the first vocab_size - 1 ranks (a prefix of a BPE vocabulary is one
+itself: a token's parts always rank below it) and puts <|endoftext|> last, as GPT-2 does at 50256.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shutil
+from importlib import resources
+from pathlib import Path
+
+ENDOFTEXT = "<|endoftext|>"
+TOKENIZER_FILES = ("vocab.json", "merges.txt")
+
+
+def bundled_ranks() -> dict[bytes, int]:
+    """GPT-2's BPE ranks from the runtime's bundled r50k_base file."""
+    from runtime.tokenizer import GPT2_RANKS_RESOURCE
+
+    ranks = {}
+    for line in resources.files("runtime").joinpath(GPT2_RANKS_RESOURCE).read_bytes().splitlines():
+        if line.strip():
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+def _bpe_parts(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
+    """token's bytes merged with ranks below max_rank, lowest rank first (how BPE built it)."""
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 1:
+        best, best_rank = None, max_rank
+        for i in range(len(parts) - 1):
+            rank = ranks.get(parts[i] + parts[i + 1])
+            if rank is not None and rank < best_rank:
+                best, best_rank = i, rank
+        if best is None:
+            break
+        parts[best : best + 2] = [parts[best] + parts[best + 1]]
+    return parts
+
+
+def gpt2_tokenizer_files(vocab_size: int | None = None) -> tuple[dict[str, int], list[str]]:
+    """vocab.json's mapping and merges.txt's lines (no header) of GPT-2, cut to vocab_size tokens when smaller."""
+    from runtime.tokenizer import bytes_to_unicode
+
+    ranks = bundled_ranks()
+    size = len(ranks) + 1 if vocab_size is None else vocab_size  # + <|endoftext|>
+    if size < 257:
+        raise ValueError(f"vocab_size {size} cannot hold GPT-2's 256 byte tokens and <|endoftext|>: use >= 257")
+    kept = {token: rank for token, rank in ranks.items() if rank < min(size - 1, len(ranks))}
+    table = bytes_to_unicode()
+
+    def text(token: bytes) -> str:
+        return "".join(table[b] for b in token)
+
+    vocab, merges = {}, []
+    for token, rank in sorted(kept.items(), key=lambda item: item[1]):
+        vocab[text(token)] = rank
+        if len(token) > 1:
+            parts = _bpe_parts(kept, token, rank)
+            if len(parts) != 2:
+                raise ValueError(f"token {token!r} (rank {rank}) is not one merge of two lower-ranked tokens")
+            merges.append(f"{text(parts[0])} {text(parts[1])}")
+    vocab[ENDOFTEXT] = len(kept)
+    return vocab, merges
+
+
+def write_tokenizer_files(folder: Path, vocab_size: int | None = None) -> None:
+    """GPT-2's vocab.json + merges.txt (transformers' layout: a '#version' header, a trailing newline)."""
+    vocab, merges = gpt2_tokenizer_files(vocab_size)
+    (folder / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", encoding="utf-8")
+
+
+def prepare(checkpoint: Path, folder: Path) -> Path:
+    """`folder`: the checkpoint's files linked, config.json with n_ctx, tokenizer files (rebuilt when missing)."""
+    checkpoint, folder = Path(checkpoint), Path(folder)
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    for path in checkpoint.iterdir():
+        if path.is_file() and path.name != "config.json":
+            os.symlink(path.resolve(), folder / path.name)
+    config = json.loads((checkpoint / "config.json").read_text(encoding="utf-8"))
+    config.setdefault("n_ctx", config["n_positions"])
+    (folder / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    if not all((checkpoint / name).is_file() for name in TOKENIZER_FILES):
+        for name in TOKENIZER_FILES:  # never a half-linked pair from the checkpoint
+            (folder / name).unlink(missing_ok=True)
+        write_tokenizer_files(folder, config["vocab_size"])
+    return folder

@@ -1,8 +1,8 @@
 """llama.cpp as a peer backend: found (never installed) in a build folder, GGUF conversion, llama-bench decode timing.
 
-The benchmark finds a llama.cpp build in `--llama-cpp DIR` or $GPT2_EXPORT_LLAMA_CPP: a folder holding (at any
-depth) `llama-bench` and `llama-quantize`, and `convert_hf_to_gguf.py` beside its `gguf-py` (the source tree; a
-build folder inside it, or a source tree beside it, is found too). README "Performance" says how to build one.
+The benchmark finds a llama.cpp build in `--llama-cpp DIR` or $GPT2_EXPORT_LLAMA_CPP: a folder holding (up to
+3 levels down) `llama-bench` and `llama-quantize`, and `convert_hf_to_gguf.py` beside its `gguf-py` (up to 4
+levels below the folder or its parent: the source tree, a build folder inside it, or one beside it). README "Performance" says how to build one.
 Conversion: `convert_hf_to_gguf.py --outtype f32` on the peer checkpoint copy (peer_checkpoint.prepare), then
 `llama-quantize` to Q8_0 and Q4_0. Timing: `llama-bench -p 0 -n N -d P1,P2,.. -r 1 -o json`: per depth P it
 fills P tokens of context untimed, then times N generated tokens; its sample is their total, so one round's
@@ -23,6 +23,7 @@ from typing import Any
 ENV_VAR = "GPT2_EXPORT_LLAMA_CPP"
 # Peer backend name -> the GGUF type it runs (llama-quantize's name; F32 is the converter's own output).
 PRECISIONS = {"llama-cpp-f32": "F32", "llama-cpp-q8_0": "Q8_0", "llama-cpp-q4_0": "Q4_0"}
+TOOL_DEPTH, CONVERT_DEPTH = 3, 4  # how deep find() looks below the given folder (and its parent)
 HOW_TO_GET = ("build llama.cpp as README 'Performance (CPU)' shows and pass --llama-cpp DIR (or set "
               f"${ENV_VAR})")
 
@@ -40,10 +41,24 @@ class LlamaCpp:
     convert: Path  # convert_hf_to_gguf.py (its gguf-py beside it)
 
 
-def _first(root: Path, name: str) -> Path | None:
-    """The shallowest file called `name` under root (a build folder nests its bin/ one or two levels down)."""
-    found = sorted((p for p in root.rglob(name) if p.is_file()), key=lambda p: len(p.parts))
-    return found[0] if found else None
+def _first(root: Path, name: str, max_depth: int) -> Path | None:
+    """The shallowest file called `name` at most max_depth folders below root (hidden folders skipped).
+
+    Bounded, because the source tree is also looked for beside the given folder: an unbounded search from a
+    folder's parent could walk a whole disk."""
+    level = [root]
+    for _ in range(max_depth + 1):
+        hits = sorted(folder / name for folder in level if (folder / name).is_file())
+        if hits:
+            return hits[0]
+        below = []
+        for folder in level:
+            try:
+                below += sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+            except OSError:  # unreadable folders are not where a build is
+                continue
+        level = below
+    return None
 
 
 def find(directory: str | Path | None = None) -> tuple[LlamaCpp | None, str | None]:
@@ -51,19 +66,26 @@ def find(directory: str | Path | None = None) -> tuple[LlamaCpp | None, str | No
     given = directory or os.environ.get(ENV_VAR)
     if not given:
         return None, f"no llama.cpp build given: {HOW_TO_GET}"
-    root = Path(given).expanduser()
+    root = Path(given).expanduser().resolve()
     if not root.is_dir():
         return None, f"llama.cpp folder {root} does not exist: {HOW_TO_GET}"
-    tools = {name: _first(root, name) for name in ("llama-bench", "llama-quantize")}
+    # cmake puts the tools in <build>/bin; a source tree holds its build folder one level down.
+    tools = {name: _first(root, name, TOOL_DEPTH) for name in ("llama-bench", "llama-quantize")}
     convert = None
-    for base in (root, root.parent, root.parent.parent):  # a build folder in (or beside) the source tree
-        convert = _first(base, "convert_hf_to_gguf.py") if base.is_dir() else None
+    # The converter is in the source tree: the folder itself, or (a build folder beside or inside the source)
+    # its parent, e.g. llama-cpp-python's sdist with vendor/llama.cpp/convert_hf_to_gguf.py.
+    for base in (root, root.parent):
+        convert = _first(base, "convert_hf_to_gguf.py", CONVERT_DEPTH)
         if convert is not None:
             break
     missing = [name for name, path in {**tools, "convert_hf_to_gguf.py": convert}.items() if path is None]
     if missing:
-        return None, (f"llama.cpp folder {root} lacks {', '.join(missing)}: build them with "
+        return None, (f"llama.cpp folder {root} lacks {', '.join(missing)} (searched {TOOL_DEPTH} folders deep "
+                      f"for the tools, {CONVERT_DEPTH} for the converter, also from its parent): build them with "
                       "`ninja -C build llama-bench llama-quantize` (README 'Performance (CPU)')")
+    if not (convert.parent / "gguf-py").is_dir():
+        return None, (f"{convert} has no gguf-py folder beside it: point --llama-cpp at a whole llama.cpp source "
+                      "tree (or its build folder inside / beside it)")
     return LlamaCpp(tools["llama-bench"], tools["llama-quantize"], convert), None
 
 
@@ -92,9 +114,10 @@ def convert(tool: LlamaCpp, peer_checkpoint: Path, folder: Path, precision: str,
         except LlamaCppError as e:
             if "pre-tokenizer was not recognized" in str(e):  # it hashes the tokenizer against the ones it knows
                 raise LlamaCppError(
-                    f"llama.cpp's converter does not recognise the tokenizer of {peer_checkpoint} (it knows GPT-2's "
-                    "own vocabulary, not a retrained one): benchmark llama.cpp on a checkpoint with GPT-2's "
-                    "vocab.json + merges.txt, or none (they are then rebuilt from GPT-2's ranks)") from e
+                    f"llama.cpp's converter does not recognise the tokenizer of {peer_checkpoint} (it hashes how "
+                    "a test text tokenizes and knows GPT-2's own 50257-token vocabulary, not a retrained or cut "
+                    "one): benchmark llama.cpp on a checkpoint with vocab_size >= 50257 and GPT-2's vocab.json + "
+                    "merges.txt, or none (they are then rebuilt from GPT-2's bundled ranks)") from e
             raise
         partial.rename(f32)
     if precision == "F32":

@@ -11,7 +11,6 @@ itself: a token's parts always rank below it) and puts <|endoftext|> last, as GP
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import shutil
@@ -23,15 +22,12 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
 
 def bundled_ranks() -> dict[bytes, int]:
-    """GPT-2's BPE ranks from the runtime's bundled r50k_base file."""
+    """GPT-2's BPE ranks from the runtime's bundled r50k_base file (read and checked by runtime.bpe_vocab)."""
+    from runtime.bpe_vocab import parse_tiktoken
     from runtime.tokenizer import GPT2_RANKS_RESOURCE
 
-    ranks = {}
-    for line in resources.files("runtime").joinpath(GPT2_RANKS_RESOURCE).read_bytes().splitlines():
-        if line.strip():
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
-    return ranks
+    data = resources.files("runtime").joinpath(GPT2_RANKS_RESOURCE).read_bytes()
+    return parse_tiktoken(data, f"runtime/{GPT2_RANKS_RESOURCE}")
 
 
 def _bpe_parts(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:

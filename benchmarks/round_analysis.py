@@ -4,7 +4,7 @@ A participant's round value at a position is the median of its timed steps in th
 mean); its best is the lowest round value, reported with the median round beside it. The memory floor at
 position P is what a batch-1 fp32 step must read, the weights (analysis.decode_weight_bytes) plus the KV cache
 of P + 1 positions (keys and values, every layer, fp32), divided by each round's read bandwidth; its best
-is the round with the highest bandwidth. The compute floor is the median GEMM time of one batch-B step in
+is the round with the highest bandwidth. The compute floor is the fastest of 5 GEMM steps of one batch-B step in
 each round (random fp32 weights of the model's shapes, numpy), best = lowest. Ratios: best / best floor.
 """
 

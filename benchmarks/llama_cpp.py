@@ -2,7 +2,8 @@
 
 The benchmark finds a llama.cpp build in `--llama-cpp DIR` or $GPT2_EXPORT_LLAMA_CPP: a folder holding (up to
 3 levels down) `llama-bench` and `llama-quantize`, and `convert_hf_to_gguf.py` beside its `gguf-py` (up to 4
-levels below the folder or its parent: the source tree, a build folder inside it, or one beside it). README "Performance" says how to build one.
+levels below the folder or its parent: the source tree, a build folder inside it, or one beside it).
+README "Performance (CPU)" says how to build one.
 Conversion: `convert_hf_to_gguf.py --outtype f32` on the peer checkpoint copy (peer_checkpoint.prepare), then
 `llama-quantize` to Q8_0 and Q4_0. Timing: `llama-bench -p 0 -n N -d P1,P2,.. -r 1 -o json`: per depth P it
 fills P tokens of context untimed, then times N generated tokens; its sample is their total, so one round's

@@ -141,10 +141,14 @@ def targets_table(targets: list[dict[str, Any]]) -> list[str]:
 
 
 def _best(entry: dict[str, Any] | None, digits: int = 2) -> str:
-    """'best (median)' of a round summary; '-' when not measured."""
+    """'best (median)' of a round summary; '-' when not measured. Below 0.1, 3 significant digits (tiny models)."""
     if not entry or entry.get("best") is None:
         return "-"
-    return f"{entry['best']:,.{digits}f} ({entry['median']:,.{digits}f})"
+
+    def number(value: float) -> str:
+        return f"{value:.3g}" if abs(value) < 0.1 else f"{value:,.{digits}f}"
+
+    return f"{number(entry['best'])} ({number(entry['median'])})"
 
 
 def rounds_lines(data: dict[str, Any]) -> list[str]:

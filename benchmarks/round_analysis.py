@@ -123,7 +123,8 @@ def evaluate_round_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
                 detail = f"best {ours['best']:.2f} ms vs {theirs['best']:.2f} ms"
             elif ours and not theirs:
                 peer_entry = summary["participants"].get(peer) or {}
-                detail = f"{peer} {peer_entry.get('status', 'not selected')}: {peer_entry.get('reason') or '-'}"
+                detail = (f"{peer} {peer_entry['status']}: {peer_entry.get('reason') or '-'}" if peer_entry
+                          else f"{peer} not selected")
             else:
                 detail = _missing(summary, position)
             targets.append(_target(f"{precision}: ours / llama.cpp at prompt {position}", backend, value, 1.0, "<",

@@ -186,7 +186,8 @@ def rounds_lines(data: dict[str, Any]) -> list[str]:
                     + [_best(e["batch_ms"])] + [_x(e["vs_floor"].get(p)) for p in targets]
                     + [_x(e["batch_vs_compute_floor"])])
     lines += _table(header, rows) + [""]
-    infos = [f"- `{name}`: llama-bench says {e['info']}" for name, e in s["participants"].items() if e.get("info")]
+    infos = [f"- `{name}`: {e['label']}" + (f"; llama-bench says {e['info']}" if e.get("info") else "")
+             for name, e in s["participants"].items() if e["status"] == "ok"]
     lines += others + infos + ([""] if others or infos else [])
     return lines + ["## Targets of issue 13 (from the rounds)", "", *targets_table(data.get("round_targets") or []), ""]
 

@@ -15,11 +15,24 @@ from typing import Any
 import numpy as np
 
 from .analysis import FP32_RUNTIME, decode_weight_bytes
+from .backends import LABELS
 
 # Our backend and llama.cpp's GGUF at each matching precision.
 PRECISION_PAIRS = (("F32", FP32_RUNTIME, "llama-cpp-f32"), ("Q8_0", ("ort-int8",), "llama-cpp-q8_0"),
                    ("Q4_0", ("ort-int4",), "llama-cpp-q4_0"))
 SOURCE = "issue 13"
+PEER_LABELS = {
+    "llama-cpp-f32": "llama.cpp llama-bench, GGUF F32 (KV cache f16)",
+    "llama-cpp-q8_0": "llama.cpp llama-bench, GGUF Q8_0 (KV cache f16)",
+    "llama-cpp-q4_0": "llama.cpp llama-bench, GGUF Q4_0 (tied embedding / LM head Q6_K, KV cache f16)",
+    "ct2-float32": "CTranslate2 Generator, float32",
+    "ct2-int8": "CTranslate2 Generator, int8 weights (int8_float32)",
+}
+
+
+def label(name: str) -> str:
+    """What participant `name` is, for the report (ours from benchmarks.backends.LABELS)."""
+    return PEER_LABELS.get(name) or LABELS.get(name, name)
 
 
 def kv_bytes(config: dict[str, Any], position: int, bytes_per_value: int = 4) -> int:
@@ -45,14 +58,15 @@ def summarize_rounds(raw: dict[str, Any], model_config: dict[str, Any]) -> dict[
     for name, entry in raw["participants"].items():
         if entry["status"] != "ok":
             participants[name] = {"status": entry["status"], "reason": entry.get("reason"),
-                                  "family": entry.get("family")}
+                                  "family": entry.get("family"), "label": label(name)}
             continue
         by_position = {p: _best_median([float(np.median(steps)) * 1e3 for steps in runs])
                        for p, runs in entry["samples"]["positions"].items()}
         batch = _best_median([float(np.median(steps)) * 1e3 for steps in entry["samples"]["batch"]])
         ratios = {p: (s["best"] / floors[p]["best"] if s and floors[p]["best"] else None)
                   for p, s in by_position.items()}
-        participants[name] = {"status": "ok", "family": entry.get("family"), "decode_ms": by_position,
+        participants[name] = {"status": "ok", "family": entry.get("family"), "label": label(name),
+                              "decode_ms": by_position,
                               "batch_ms": batch, "vs_floor": ratios,
                               "batch_vs_compute_floor": batch["best"] / compute["best"] if batch and compute else None,
                               "info": entry.get("info")}

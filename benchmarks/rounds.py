@@ -29,13 +29,6 @@ from .measure import worker_env
 
 # Our backends (and the transformers baseline) that take part, CPU only: the floor is the CPU's.
 ROUND_BACKENDS = ("hf-sdpa", "ort-plain", "ort-fused", "ort-fused-shared", "ort-int8", "ort-int4")
-PEER_LABELS = {
-    "llama-cpp-f32": "llama.cpp llama-bench, GGUF F32 (KV cache f16)",
-    "llama-cpp-q8_0": "llama.cpp llama-bench, GGUF Q8_0 (KV cache f16)",
-    "llama-cpp-q4_0": "llama.cpp llama-bench, GGUF Q4_0 (tied embedding / LM head Q6_K, KV cache f16)",
-    "ct2-float32": "CTranslate2 Generator, float32",
-    "ct2-int8": "CTranslate2 Generator, int8 weights (int8_float32)",
-}
 TARGET_POSITIONS = (32, 900)  # the prompt lengths
 
 

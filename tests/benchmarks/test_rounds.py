@@ -92,7 +92,8 @@ def test_rounds_summary_is_best_and_median_against_floors_of_the_same_rounds():
     assert s["participants"]["ort-int4"]["batch_ms"] is None
     assert s["participants"]["llama-cpp-f32"]["decode_ms"]["900"] == {"best": 1.0, "median": 3.0, "n": 2}
     assert s["participants"]["llama-cpp-q8_0"] == {"status": "skipped", "reason": "no llama.cpp build given",
-                                                   "family": "llama.cpp"}
+                                                   "family": "llama.cpp",
+                                                   "label": "llama.cpp llama-bench, GGUF Q8_0 (KV cache f16)"}
 
 
 def test_round_targets_are_the_issues_limits_met_or_not_with_their_numbers():
@@ -146,6 +147,8 @@ def test_rounds_markdown_has_the_floor_row_each_participant_and_the_targets():
     assert "| `llama-cpp-f32` | llama.cpp | 2.00 (3.00) | 1.00 (3.00) | - |" in text
     assert "- `llama-cpp-q8_0` (skipped): no llama.cpp build given" in text
     assert "- `ct2-int8` (failed): converter failed" in text
+    assert "- `ort-fused`: our runtime, fused graph, growing cache (fp32; the default export)\n" in text
+    assert "- `llama-cpp-f32`: llama.cpp llama-bench, GGUF F32 (KV cache f16); llama-bench says {'type_k': " in text
     assert "## Targets of issue 13 (from the rounds)" in text
     assert "| F32: ours / llama.cpp at prompt 900 | issue 13 | `ort-fused` | 2.000 x | < 1 x | **not met** |" in text
     assert rounds_lines({"rounds": {"error": "floor worker failed"}})[2] == "- The rounds failed: floor worker failed"
@@ -184,6 +187,9 @@ def test_a_run_interleaves_the_rounds_and_reports_peers_or_their_reasons(rounds_
     assert "## Targets of issue 13 (from the rounds)" in rounds_run.markdown
     assert (rounds_run.output / "decode_latency_vs_context.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert data["files"]["plot_context"] == "decode_latency_vs_context.png"
+    assert "- `ort-int8`: our runtime, fused graph, int8 weights" in rounds_run.markdown
+    if HAS_CT2:
+        assert "- `ct2-int8`: CTranslate2 Generator, int8 weights (int8_float32)" in rounds_run.markdown
 
 
 def test_a_saved_run_renders_its_rounds_again(rounds_run):

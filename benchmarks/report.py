@@ -151,6 +151,13 @@ def _best(entry: dict[str, Any] | None, digits: int = 2) -> str:
     return f"{number(entry['best'])} ({number(entry['median'])})"
 
 
+def _libraries(summary: dict[str, Any]) -> str:
+    """' (best: numpy 4.10 ms, onnxruntime 3.11 ms)', or '' for results.json written before both were timed."""
+    by_library = summary.get("compute_floor_by_library_ms") or {}
+    parts = [f"{library} {_best(stats)} ms" for library, stats in by_library.items() if stats]
+    return f" (best (median): {', '.join(parts)})" if parts else ""
+
+
 def rounds_lines(data: dict[str, Any]) -> list[str]:
     """The interleaved rounds: per participant, best (median) ms per step at each prompt length, batch B, ratios."""
     rounds = data.get("rounds")
@@ -169,7 +176,8 @@ def rounds_lines(data: dict[str, Any]) -> list[str]:
         f"llama-bench: their mean); batch {batch}: after a {s['batch_prompt']}-token prompt. Floor at P: fp32 "
         f"weights ({s['weight_bytes'] / 1e6:.1f} MB) + the KV cache of P + 1 positions (fp32), over the round's "
         f"read bandwidth ({_best(bw, 1)} GB/s, best = highest shown first). Compute floor: the GEMMs of one "
-        f"batch-{batch} step (numpy, fp32 weights of the model's shapes). Ratios: best / best.", ""]
+        f"batch-{batch} step (fp32 weights of the model's shapes), the faster of numpy and one ONNX Runtime graph "
+        f"of those MatMuls, each a round's fastest of 5{_libraries(s)}. Ratios: best / best.", ""]
     if s["rounds"] < 5:
         lines += [f"- WARNING: {s['rounds']} round(s), fewer than the 5 a ranking needs on a noisy host", ""]
     targets = [p for p in ("32", "900") if p in positions]

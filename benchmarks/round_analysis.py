@@ -4,8 +4,9 @@ A participant's round value at a position is the median of its timed steps in th
 mean); its best is the lowest round value, reported with the median round beside it. The memory floor at
 position P is what a batch-1 fp32 step must read, the weights (analysis.decode_weight_bytes) plus the KV cache
 of P + 1 positions (keys and values, every layer, fp32), divided by each round's read bandwidth; its best
-is the round with the highest bandwidth. The compute floor is the fastest of 5 GEMM steps of one batch-B step in
-each round (random fp32 weights of the model's shapes, numpy), best = lowest. Ratios: best / best floor.
+is the round with the highest bandwidth. The compute floor: one batch-B step's GEMMs (random fp32 weights of
+the model's shapes), the faster of numpy and ONNX Runtime, each a round's fastest of 5; best = lowest round.
+Ratios: best / best floor.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ def summarize_rounds(raw: dict[str, Any], model_config: dict[str, Any]) -> dict[
         floors[str(position)] = {"bytes": total, **(_best_median([total / (gbs * 1e9) * 1e3 for gbs in bandwidth])
                                                    or {"best": None, "median": None, "n": 0})}
     compute = _best_median([s * 1e3 for s in raw["floor"]["gemm_s"]])
+    by_library = {library: _best_median([s * 1e3 for s in seconds])
+                  for library, seconds in (raw["floor"].get("gemm_by_library_s") or {}).items()}
     participants = {}
     for name, entry in raw["participants"].items():
         if entry["status"] != "ok":
@@ -73,6 +76,7 @@ def summarize_rounds(raw: dict[str, Any], model_config: dict[str, Any]) -> dict[
     return {"positions": [str(p) for p in raw["positions"]], "steps": raw["steps"], "rounds": raw["rounds"],
             "batch": raw["batch"], "batch_prompt": raw["batch_prompt"], "weight_bytes": weights,
             "bandwidth_gbs": _best_median(bandwidth), "floor_ms": floors, "compute_floor_ms": compute,
+            "compute_floor_by_library_ms": by_library,
             "participants": participants}
 
 

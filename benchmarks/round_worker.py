@@ -26,9 +26,15 @@ GEMM_PASSES = 5  # timed batch-B GEMM steps per floor round (after one warm-up)
 
 
 class GemmFloor:
-    """The matrix products of one decode step at batch B on random fp32 weights of the model's shapes."""
+    """The matrix products of one decode step at batch B on random fp32 weights of the model's shapes.
 
-    def __init__(self, config: dict[str, Any], batch: int, seed: int):
+    Timed two ways, the faster one being the floor: numpy (its BLAS) and one ONNX Runtime graph of the same
+    MatMuls (MLAS, the GEMMs our backends run), each with the benchmark's thread count. Either one alone can
+    be a poor floor on a busy host: OpenBLAS' 2-thread skinny GEMMs were measured 10-25x slower than its
+    1-thread ones here while other processes held the cores.
+    """
+
+    def __init__(self, config: dict[str, Any], batch: int, seed: int, threads: int = 1):
         c, v = config["n_embd"], config["vocab_size"]
         inner = config.get("n_inner") or 4 * c
         rng = np.random.default_rng(seed)
@@ -36,12 +42,38 @@ class GemmFloor:
         # One array per layer's weight, as the model has: a step reads every one of them once.
         self.weights = [rng.standard_normal(shape, dtype=np.float32) for shape in shapes]
         self.inputs = {n: rng.standard_normal((batch, n), dtype=np.float32) for n in {c, inner}}  # (B, C), (B, 4C)
+        self.session = self._session(threads)
+
+    def _session(self, threads: int):
+        """One ONNX Runtime session running every MatMul of the step (inputs x<K>: (B, K); outputs y<i>)."""
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+
+        batch = next(iter(self.inputs.values())).shape[0]
+        inputs = [helper.make_tensor_value_info(f"x{k}", TensorProto.FLOAT, [batch, k]) for k in sorted(self.inputs)]
+        nodes, outputs, initializers = [], [], []
+        for i, weight in enumerate(self.weights):
+            initializers.append(numpy_helper.from_array(weight, f"w{i}"))
+            nodes.append(helper.make_node("MatMul", [f"x{weight.shape[0]}", f"w{i}"], [f"y{i}"]))  # (B, N)
+            outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, [batch, weight.shape[1]]))
+        graph = helper.make_graph(nodes, "gemm_floor", inputs, outputs, initializers)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        self.feeds = {f"x{k}": x for k, x in self.inputs.items()}
+        return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
     def step(self) -> float:
-        """Seconds of every GEMM of one step, in the model's order."""
+        """Seconds of every GEMM of one step in numpy, in the model's order."""
         start = now_ns()
         for weight in self.weights:
             np.matmul(self.inputs[weight.shape[0]], weight)  # (B, K) @ (K, N)
+        return (now_ns() - start) / 1e9
+
+    def step_ort(self) -> float:
+        """Seconds of the same GEMMs as one ONNX Runtime run."""
+        start = now_ns()
+        self.session.run(None, self.feeds)
         return (now_ns() - start) / 1e9
 
 
@@ -50,17 +82,19 @@ class Floor:
 
     def __init__(self, spec: dict[str, Any]):
         self.spec = spec
-        self.gemm = GemmFloor(spec["model_config"], spec["batch"], spec["seed"])
+        self.gemm = GemmFloor(spec["model_config"], spec["batch"], spec["seed"], spec["threads"])
 
     def round(self, request: dict[str, Any]) -> dict[str, Any]:
         from .machine import read_bandwidth
 
         bandwidth = read_bandwidth(self.spec["bandwidth_mib"], self.spec["threads"], passes=3)
-        self.gemm.step()  # warm-up: page the weights in, wake the BLAS threads
-        # A floor is a lower bound and noise only adds time: the round's fastest step, not its median (which
-        # would let a busy round raise the floor and flatter every ratio to it).
-        gemm = min(self.gemm.step() for _ in range(GEMM_PASSES))
-        return {"bandwidth_gbs": bandwidth["gbs"], "gemm_s": gemm}
+        fastest = {}
+        for library, step in (("numpy", self.gemm.step), ("onnxruntime", self.gemm.step_ort)):
+            step()  # warm-up: page the weights in, wake the threads
+            # A floor is a lower bound and noise only adds time: the round's fastest step, not its median
+            # (which would let a busy round raise the floor and flatter every ratio to it).
+            fastest[library] = min(step() for _ in range(GEMM_PASSES))
+        return {"bandwidth_gbs": bandwidth["gbs"], "gemm_s": min(fastest.values()), "gemm_by_library_s": fastest}
 
 
 class Decoder:

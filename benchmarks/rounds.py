@@ -230,6 +230,8 @@ def run_rounds(config: BenchConfig, arts: Artifacts, ok_backends: list[str], wor
                 floor = started["floor"].round({})
                 raw["floor"]["bandwidth_gbs"].append(floor["bandwidth_gbs"])
                 raw["floor"]["gemm_s"].append(floor["gemm_s"])
+                for library, seconds in floor["gemm_by_library_s"].items():
+                    raw["floor"].setdefault("gemm_by_library_s", {}).setdefault(library, []).append(seconds)
                 for name in order:
                     entry = raw["participants"][name]
                     if entry["status"] != "ok":

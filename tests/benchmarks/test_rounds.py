@@ -42,16 +42,29 @@ def test_kv_bytes_are_keys_and_values_of_every_layer_up_to_the_step():
     assert kv_bytes(gpt2, 899) == 2 * 12 * 900 * 768 * 4  # 66 MB at prompt 900: 13% of GPT-2 small's weights
 
 
-def test_a_floor_round_keeps_its_fastest_gemm_step(monkeypatch):
+def test_a_floor_round_keeps_its_fastest_gemm_step_of_either_library(monkeypatch):
     import benchmarks.machine
 
     floor = Floor({"model_config": CONFIG, "batch": 8, "seed": 0, "threads": 1, "bandwidth_mib": 1})
-    times = iter([9.0, 0.004, 0.002, 0.003, 0.005, 0.006])  # warm-up, then 5 timed steps
-    monkeypatch.setattr(floor.gemm, "step", lambda: next(times))
+    numpy_times = iter([9.0, 0.004, 0.002, 0.003, 0.005, 0.006])  # warm-up, then 5 timed steps
+    ort_times = iter([9.0, 0.007, 0.003, 0.0025, 0.009, 0.004])
+    monkeypatch.setattr(floor.gemm, "step", lambda: next(numpy_times))
+    monkeypatch.setattr(floor.gemm, "step_ort", lambda: next(ort_times))
     monkeypatch.setattr(benchmarks.machine, "read_bandwidth", lambda *a, **k: {"gbs": 12.5})
-    assert floor.round({}) == {"bandwidth_gbs": 12.5, "gemm_s": 0.002}  # a floor: noise only adds time
+    assert floor.round({}) == {"bandwidth_gbs": 12.5, "gemm_s": 0.002,  # a floor: noise only adds time
+                               "gemm_by_library_s": {"numpy": 0.002, "onnxruntime": 0.0025}}
     assert [w.shape for w in floor.gemm.weights[:4]] == [(8, 24), (8, 8), (8, 32), (32, 8)]
     assert len(floor.gemm.weights) == 4 * 2 + 1 and floor.gemm.weights[-1].shape == (8, 50)  # + the LM head
+
+
+def test_both_gemm_floors_compute_the_steps_products():
+    floor = Floor({"model_config": CONFIG, "batch": 3, "seed": 0, "threads": 1, "bandwidth_mib": 1})
+    gemm = floor.gemm
+    outputs = gemm.session.run(None, gemm.feeds)
+    assert len(outputs) == len(gemm.weights)
+    for weight, out in zip(gemm.weights, outputs, strict=True):
+        np.testing.assert_allclose(out, gemm.inputs[weight.shape[0]] @ weight, rtol=1e-4, atol=1e-4)  # (B, N)
+    assert gemm.step() > 0 and gemm.step_ort() > 0
 
 
 def _raw() -> dict:
@@ -62,7 +75,8 @@ def _raw() -> dict:
             "batch": [[b / 1e3, b / 1e3 + 1.0] for b in batch]}}  # median of two steps: b + 0.5 s
     return {
         "rounds": 2, "steps": 3, "positions": [32, 900], "batch": 8, "batch_prompt": 32, "threads": 2,
-        "floor": {"bandwidth_gbs": [10.0, 20.0], "gemm_s": [0.004, 0.002]},
+        "floor": {"bandwidth_gbs": [10.0, 20.0], "gemm_s": [0.004, 0.002],
+                  "gemm_by_library_s": {"numpy": [0.004, 0.003], "onnxruntime": [0.005, 0.002]}},
         "order": [["floor", "ort-fused", "llama-cpp-f32"], ["floor", "llama-cpp-f32", "ort-fused"]],
         "participants": {
             "ort-fused": ours([1.0, 3.0], [2.0, 4.0], [1.0, 2.0]),
@@ -84,6 +98,7 @@ def test_rounds_summary_is_best_and_median_against_floors_of_the_same_rounds():
     assert floor32["best"] == pytest.approx(floor32["bytes"] / 20e9 * 1e3)  # the faster round's bandwidth
     assert floor32["median"] == pytest.approx(np.median([floor32["bytes"] / 10e9, floor32["bytes"] / 20e9]) * 1e3)
     assert s["compute_floor_ms"] == {"best": 2.0, "median": 3.0, "n": 2}
+    assert s["compute_floor_by_library_ms"]["numpy"] == {"best": 3.0, "median": 3.5, "n": 2}
     fused = s["participants"]["ort-fused"]
     assert fused["decode_ms"]["32"] == {"best": 1.0, "median": 2.0, "n": 2}
     assert fused["vs_floor"]["900"] == pytest.approx(2.0 / s["floor_ms"]["900"]["best"])
@@ -138,6 +153,7 @@ def test_rounds_markdown_has_the_floor_row_each_participant_and_the_targets():
 
     text = "\n".join(rounds_lines(data))
     assert "WARNING: 2 round(s), fewer than the 5" in text
+    assert "(best (median): numpy 3.00 (3.50) ms, onnxruntime 2.00 (3.50) ms)" in text
     assert "| participant | family | P=32 | P=900 | B=8 step | / floor P=32 | / floor P=900 |" in text
     floor_bytes = decode_weight_bytes(CONFIG) + kv_bytes(CONFIG, 32)
     best, worst = floor_bytes / 20e9 * 1e3, floor_bytes / 10e9 * 1e3  # sub-0.1 ms: 3 significant digits
@@ -171,6 +187,7 @@ def test_a_run_interleaves_the_rounds_and_reports_peers_or_their_reasons(rounds_
     live = ["ort-fused", "ort-int8"] + (["ct2-float32", "ct2-int8"] if HAS_CT2 else [])
     assert raw["order"] == [["floor", *live], ["floor", *live[1:], live[0]]]  # each round starts one later
     assert len(raw["floor"]["bandwidth_gbs"]) == len(raw["floor"]["gemm_s"]) == 2
+    assert {lib: len(v) for lib, v in raw["floor"]["gemm_by_library_s"].items()} == {"numpy": 2, "onnxruntime": 2}
     for name in live:
         entry = raw["participants"][name]
         assert entry["status"] == "ok", entry.get("reason")

@@ -5,9 +5,10 @@ The benchmark finds a llama.cpp build in `--llama-cpp DIR` or $GPT2_EXPORT_LLAMA
 levels below the folder or its parent: the source tree, a build folder inside it, or one beside it).
 README "Performance (CPU)" says how to build one.
 Conversion: `convert_hf_to_gguf.py --outtype f32` on the peer checkpoint copy (peer_checkpoint.prepare), then
-`llama-quantize` to Q8_0 and Q4_0. Timing: `llama-bench -p 0 -n N -d P1,P2,.. -r 1 -o json`: per depth P it
-fills P tokens of context untimed, then times N generated tokens; its sample is their total, so one round's
-step time is samples_ns / N (a mean over the N steps, where our backends report the median step).
+`llama-quantize` to Q8_0 and Q4_0. Timing: `llama-bench -p 0 -n N -d P1,P2,.. -r 3 -o json`: per depth P it
+fills P tokens of context untimed, then times N generated tokens; a sample is their total, so a sample's step
+time is samples_ns / N (a mean over the N steps), and a round's value is the median of its 3 samples (ours:
+the median of N steps).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from typing import Any
 ENV_VAR = "GPT2_EXPORT_LLAMA_CPP"
 # Peer backend name -> the GGUF type it runs (llama-quantize's name; F32 is the converter's own output).
 PRECISIONS = {"llama-cpp-f32": "F32", "llama-cpp-q8_0": "Q8_0", "llama-cpp-q4_0": "Q4_0"}
+# llama-bench repetitions per round: a round's value is their median, so one hiccup of a busy host (a sample
+# 100x slower was seen here) does not decide a round, as the median of our N timed steps does for ours.
+REPETITIONS = 3
 TOOL_DEPTH, CONVERT_DEPTH = 3, 4  # how deep find() looks below the given folder (and its parent)
 HOW_TO_GET = ("build llama.cpp as README 'Performance (CPU)' shows and pass --llama-cpp DIR (or set "
               f"${ENV_VAR})")
@@ -131,10 +135,11 @@ def convert(tool: LlamaCpp, peer_checkpoint: Path, folder: Path, precision: str,
     return target
 
 
-def bench_command(tool: LlamaCpp, gguf: Path, depths: list[int], steps: int, threads: int) -> list[str]:
-    """llama-bench timing `steps` generated tokens after each depth, one repetition, JSON out."""
+def bench_command(tool: LlamaCpp, gguf: Path, depths: list[int], steps: int, threads: int,
+                  repetitions: int = REPETITIONS) -> list[str]:
+    """llama-bench timing `steps` generated tokens after each depth, `repetitions` times, JSON out."""
     return [str(tool.bench), "-m", str(gguf), "-t", str(threads), "-p", "0", "-n", str(steps),
-            "-d", ",".join(map(str, depths)), "-r", "1", "-o", "json"]
+            "-d", ",".join(map(str, depths)), "-r", str(repetitions), "-o", "json"]
 
 
 def parse_bench_json(text: str) -> list[dict[str, Any]]:

@@ -1,11 +1,11 @@
 """From the interleaved rounds' raw seconds to the report: best and median per position, floors, issue 13's targets.
 
-A participant's round value at a position is the median of its timed steps in that round (llama-bench: their
-mean); its best is the lowest round value, reported with the median round beside it. The memory floor at
-position P is what a batch-1 fp32 step must read, the weights (analysis.decode_weight_bytes) plus the KV cache
-of P + 1 positions (keys and values, every layer, fp32), divided by each round's read bandwidth; its best
-is the round with the highest bandwidth. The compute floor: one batch-B step's GEMMs (random fp32 weights of
-the model's shapes), the faster of numpy and ONNX Runtime, each a round's fastest of 5; best = lowest round.
+A participant's round value at a position is the median of its timed steps in that round (llama-bench: the
+median of its samples); its best is the lowest round value, reported with the median round beside it. The memory
+floor at position P is what a batch-1 fp32 step must read, the weights (analysis.decode_weight_bytes) plus the
+KV cache of P + 1 positions (keys and values, every layer, fp32), divided by each round's read bandwidth; its
+best is the round with the highest bandwidth. The compute floor: one batch-B step's GEMMs (random fp32 weights
+of the model's shapes), the faster of numpy and ONNX Runtime, each a round's fastest of 5; best = lowest round.
 Ratios: best / best floor.
 """
 

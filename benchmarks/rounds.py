@@ -5,10 +5,10 @@ the rounds alternate between participants (each round starts one participant lat
 first after the floor), and the report gives each one's best round with the median beside it.
 One round of a decoder: at every sweep position P (from a short prompt to the end of n_positions) a prompt
 of P tokens is filled untimed, then `steps` decode steps are timed (batch 1); its value is their median
-(llama-bench: their mean). Then the same at batch B after a `batch_prompt`-token prompt. One round of the
-floor: memory read bandwidth (sets the weights + KV floor at every P) and the GEMMs of one batch-B step
-(the compute floor). Our backends and CTranslate2 stay loaded in one process each (benchmarks.round_worker);
-llama.cpp runs `llama-bench` once per round.
+(llama-bench: the median of 3 samples, each the mean of the steps). Then the same at batch B after a
+`batch_prompt`-token prompt. One round of the floor: memory read bandwidth (sets the weights + KV floor at every
+P) and the GEMMs of one batch-B step (the compute floor). Our backends and CTranslate2 stay loaded in one
+process each (benchmarks.round_worker); llama.cpp runs `llama-bench` once per round.
 """
 
 from __future__ import annotations

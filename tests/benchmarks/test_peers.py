@@ -78,9 +78,9 @@ def test_a_depth_llama_bench_did_not_report_is_an_error(monkeypatch, tmp_path):
 
 def test_llama_bench_command_times_decode_after_each_depth(tmp_path):
     tool = llama_cpp.LlamaCpp(Path("/b/llama-bench"), Path("/b/llama-quantize"), Path("/s/convert_hf_to_gguf.py"))
-    command = llama_cpp.bench_command(tool, Path("m.gguf"), [32, 900], 8, 2)
+    command = llama_cpp.bench_command(tool, Path("m.gguf"), [32, 900], 8, 2)  # 3 samples: a round's median
     assert command == ["/b/llama-bench", "-m", "m.gguf", "-t", "2", "-p", "0", "-n", "8", "-d", "32,900",
-                       "-r", "1", "-o", "json"]
+                       "-r", "3", "-o", "json"]
 
 
 def _fake_llama_cpp(root: Path, tools_under: str = "build/bin") -> Path:

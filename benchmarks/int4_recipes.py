@@ -31,9 +31,11 @@ SWEEP: dict[str, WeightRecipe] = {
     "rtn-asym/block16": replace(RECIPES["rtn-asym"], block_size=16),
     "rtn-asym/block64": replace(RECIPES["rtn-asym"], block_size=64),
     "rtn-asym/block128": replace(RECIPES["rtn-asym"], block_size=128),
-    "rtn-sym-head8": replace(RECIPES["rtn-sym"], eight_bit="lm_head"),
     "rtn-asym-edges8": replace(RECIPES["rtn-asym"], eight_bit="edges"),
     "rtn-asym-head8/block64": replace(RECIPES["rtn-asym-head8"], block_size=64),
+    "rtn-sym-head8/block64": replace(RECIPES["rtn-sym"], eight_bit="lm_head", block_size=64),
+    "rtn-sym-head8/block128": replace(RECIPES["rtn-sym"], eight_bit="lm_head", block_size=128),
+    "rtn-asym-head8/block128": replace(RECIPES["rtn-asym-head8"], block_size=128),
     "rtn-asym/acc0": replace(RECIPES["rtn-asym"], accuracy_level=0),
     "rtn-asym-head8/acc0": replace(RECIPES["rtn-asym-head8"], accuracy_level=0),
 }
@@ -113,6 +115,7 @@ def main() -> None:
     parser.add_argument("--speed", action="store_true", help="also time decode on GPT-2-small-shaped random weights")
     parser.add_argument("--only", default=None, help="comma-separated recipe names")
     parser.add_argument("--no-agreement", action="store_true", help="only the speed measurement")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (best of)")
     args = parser.parse_args()
     names = args.only.split(",") if args.only else list(SWEEP)
     work = Path(tempfile.mkdtemp(prefix="int4-recipes-"))
@@ -132,8 +135,8 @@ def main() -> None:
         print(f"{name:<26} {agreement.rate:>9.4f} {agreement.positions:>9}", flush=True)
         path.unlink()
     if args.speed:
-        speeds = decode_speeds(names, work)
-        print(f"{'recipe':<26} {'ms/token':>9}  (GPT-2 small shape, random weights, 2 threads, best of 5)")
+        speeds = decode_speeds(names, work, args.rounds)
+        print(f"{'recipe':<26} {'ms/token':>9}  (GPT-2 small shape, random weights, 2 threads, best of {args.rounds})")
         for name, ms in speeds.items():
             print(f"{name:<26} {ms:>9.2f}")
 

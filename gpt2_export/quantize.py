@@ -65,11 +65,14 @@ RECIPES: dict[str, WeightRecipe] = {
     "rtn-asym": WeightRecipe(bits=4, block_size=32, symmetric=False),
     "hqq": WeightRecipe(bits=4, block_size=32, symmetric=False, algorithm="hqq"),
     "gptq": WeightRecipe(bits=4, block_size=32, symmetric=False, algorithm="gptq"),
+    "rtn-sym-head8": WeightRecipe(bits=4, block_size=32, eight_bit="lm_head"),
     "rtn-asym-head8": WeightRecipe(bits=4, block_size=32, symmetric=False, eight_bit="lm_head"),
     "hqq-head8": WeightRecipe(bits=4, block_size=32, symmetric=False, algorithm="hqq", eight_bit="lm_head"),
     "gptq-head8": WeightRecipe(bits=4, block_size=32, symmetric=False, algorithm="gptq", eight_bit="lm_head"),
 }
-DEFAULT_RECIPES = {"int8": "int8", "int4": "rtn-asym-head8"}
+# The LM head (the tied embedding) is what 4 bits hurt most: at 8 bits it lifts agreement on the trained fixture from
+# 0.960 to 0.983 at the old recipe's decode speed; zero points add ~0.3 points but ~8% decode time, so they stay opt-in.
+DEFAULT_RECIPES = {"int8": "int8", "int4": "rtn-sym-head8"}
 INT8_BLOCK_SIZE = 128
 INT4_RECIPES = tuple(name for name, recipe in RECIPES.items() if recipe.bits == 4)
 

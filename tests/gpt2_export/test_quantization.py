@@ -55,14 +55,19 @@ def test_the_fixture_is_a_trained_model_that_matches_transformers(trained):
     from transformers import GPT2LMHeadModel
 
     folder, reference, ids = trained
-    window = torch.from_numpy(ids[:128])[None]  # (1, T)
     oracle = GPT2LMHeadModel.from_pretrained(folder).float().eval()
+    ours, theirs, losses = [], [], []
     with torch.no_grad():
-        ours, theirs = reference(window).logits, oracle(window).logits  # (1, T, V)
-        loss = oracle(window, labels=window).loss.item()
-    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
-    # Uniform guessing over 8192 tokens scores ln 8192 = 9.0; the trained model reads unseen documentation.
-    assert loss < 5.0
+        for start in range(0, 1024, 128):
+            window = torch.from_numpy(ids[start : start + 128])[None]  # (1, T)
+            mine, oracle_out = reference(window).logits, oracle(window, labels=window)  # (1, T, V)
+            torch.testing.assert_close(mine, oracle_out.logits, atol=1e-4, rtol=1e-4)
+            ours.append(mine.argmax(-1)), theirs.append(oracle_out.logits.argmax(-1)), losses.append(oracle_out.loss)
+    # The agreement below is measured against our fp32 model: on held-out text it is transformers' argmax.
+    assert (torch.cat(ours, 1) == torch.cat(theirs, 1)).float().mean().item() >= 0.999
+    # Uniform guessing over 8192 tokens scores ln 8192 = 9.0; the trained model reads unseen documentation
+    # (~5.2 on these windows; 3.7 on its training text).
+    assert torch.stack(losses).mean().item() < 6.0
 
 
 def test_the_fixture_vocabulary_is_gpt2s_first_ranks():
@@ -82,10 +87,30 @@ def test_int4_keeps_the_trained_models_answers(trained, quantized_exports):
     assert agreement(trained, result) >= INT4_FLOOR
 
 
-def test_the_old_int4_recipe_missed_the_target_the_default_meets(trained, tmp_path):
-    # Symmetric 4-bit blocks everywhere, LM head included (the recipe before this one), on the same text.
+def test_the_default_int4_recipe_beats_the_old_one(trained, quantized_exports, tmp_path):
+    # Symmetric 4-bit blocks everywhere, LM head included (the recipe before this one), on the same text. On this
+    # fixture the old recipe scores ~0.96 (the issue's model: 0.935), so the test asks for less than half its
+    # disagreement: the default's ~0.983 passes, the old recipe as default would not.
     old = export(trained[0], tmp_path, ExportOptions(weights="int4", int4_recipe="rtn-sym", validate=False))
-    assert agreement(trained, old) < INT4_FLOOR
+    old_rate, new_rate = agreement(trained, old), agreement(trained, quantized_exports["int4"])
+    assert new_rate >= INT4_FLOOR
+    assert 1 - new_rate <= 0.5 * (1 - old_rate), (old_rate, new_rate)
+
+
+def test_the_runtime_generates_from_the_int4_export(trained, quantized_exports):
+    import runtime
+
+    folder, reference, ids = trained
+    model = runtime.load(quantized_exports["int4"].folder)
+    prompt = ids[:48][None]  # (1, T) held-out documentation
+    tokens = model.generate(prompt, max_new_tokens=24)  # (1, T + 24)
+    assert tokens.shape == (1, 72) and np.array_equal(tokens[:, :48], prompt)
+    # Teacher-forced on the runtime's own continuation, fp32 transformers picks the same next token almost always.
+    with torch.no_grad():
+        logits = reference(torch.from_numpy(tokens)).logits[0, 47:-1]  # (24, V)
+    assert (logits.argmax(-1).numpy() == tokens[0, 48:]).mean() >= 0.9
+    text = model.generate_text(model.tokenizer.decode(ids[:48].tolist()), max_new_tokens=8)
+    assert isinstance(text, str) and text
 
 
 def test_the_default_int4_recipe_is_recorded_and_is_what_the_graph_holds(quantized_exports):
@@ -98,7 +123,7 @@ def test_the_default_int4_recipe_is_recorded_and_is_what_the_graph_holds(quantiz
     assert len(nodes) == 4 * 4 + 1  # four MatMuls per layer + the LM head
     for name, node in nodes.items():
         attributes = {a.name: a.i for a in node.attribute}
-        eight = recipe.eight_bit != "none" and name == "lm_head"
+        eight = recipe.eight_bit != "none" and name.rsplit("_Q", 1)[0] == "lm_head"  # the quantizer appends _Q4/_Q8
         assert attributes["bits"] == (8 if eight else recipe.bits), name
         assert attributes["block_size"] == (128 if eight else recipe.block_size), name
         assert attributes["accuracy_level"] == recipe.accuracy_level

@@ -204,6 +204,7 @@ def quantize_weights(model: onnx.ModelProto, recipe: WeightRecipe,
             others = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in keep8]
             model = _rtn(model, 8, INT8_BLOCK_SIZE, True, recipe.accuracy_level, others)
         reader = _CalibrationReader(model, calibration)
+        # GPTQ's block_size is how many columns one Hessian update sweeps; the scale blocks are recipe.block_size.
         config = GPTQWeightOnlyQuantConfig(calibration_data_reader=reader, block_size=128, perchannel=True)
         config.accuracy_level = recipe.accuracy_level
         model = _run(model, config, recipe.block_size, recipe.symmetric, recipe.accuracy_level, [])

@@ -365,12 +365,15 @@ class TextAgreement:
 
     @property
     def rate(self) -> float:
+        """Share of positions where both argmaxes agree (nan for no positions)."""
         return self.agreed / self.positions if self.positions else math.nan
 
     def to_dict(self) -> dict:
+        """The counts and the rate, as export.json's validation stores them."""
         return {**asdict(self), "rate": self.rate}
 
     def line(self) -> str:
+        """One line for the validation report."""
         return (f"next-token agreement with the fp32 reference on the text: {self.rate:.1%} "
                 f"({self.agreed} of {self.positions} positions, windows of {self.window} tokens)")
 

@@ -106,6 +106,7 @@ def test_the_runtime_generates_from_the_int4_export(trained, quantized_exports):
 
     folder, reference, ids = trained
     model = runtime.load(quantized_exports["int4"].folder)
+    assert model.tokenizer.vocab_size == trained_gpt2.VOCAB_SIZE  # the export's copy of the fixture's *.tiktoken
     prompt = ids[:48][None]  # (1, T) held-out documentation
     tokens = model.generate(prompt, max_new_tokens=24)  # (1, T + 24)
     assert tokens.shape == (1, 72) and np.array_equal(tokens[:, :48], prompt)

@@ -146,7 +146,7 @@ def test_other_int4_recipes_export_validate_and_record_themselves(trained, tmp_p
 
 def test_gptq_calibrates_on_the_users_text(trained, tmp_path):
     calibration = tmp_path / "calibration.txt"
-    # ~3k tokens of the training topics (never the held-out ones): 23 windows of 128.
+    # 3.7k tokens of the training topics (never the held-out ones): 28 windows of 128.
     calibration.write_text(trained_gpt2.topics_text(held_out=False)[:12_000], encoding="utf-8")
     result = export(trained[0], tmp_path / "gptq", ExportOptions(weights="int4", int4_recipe="gptq-head8",
                                                                  calibration=str(calibration)))

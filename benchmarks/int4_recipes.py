@@ -28,6 +28,7 @@ SWEEP: dict[str, WeightRecipe] = {
     **RECIPES,
     "rtn-sym/block16": replace(RECIPES["rtn-sym"], block_size=16),
     "rtn-sym/block64": replace(RECIPES["rtn-sym"], block_size=64),
+    "rtn-sym/block128": replace(RECIPES["rtn-sym"], block_size=128),
     "rtn-asym/block16": replace(RECIPES["rtn-asym"], block_size=16),
     "rtn-asym/block64": replace(RECIPES["rtn-asym"], block_size=64),
     "rtn-asym/block128": replace(RECIPES["rtn-asym"], block_size=128),

@@ -71,7 +71,8 @@ RECIPES: dict[str, WeightRecipe] = {
     "gptq-head8": WeightRecipe(bits=4, block_size=32, symmetric=False, algorithm="gptq", eight_bit="lm_head"),
 }
 # The LM head (the tied embedding) is what 4 bits hurt most: at 8 bits it lifts agreement on the trained fixture from
-# 0.960 to 0.983 at the old recipe's decode speed; zero points add ~0.3 points but ~8% decode time, so they stay opt-in.
+# 0.960 to 0.983 for ~4% decode time on GPT-2 small (0.94-1.12x over five runs); zero points add ~0.3 points but
+# 5-10% decode time, so they stay opt-in (benchmarks/results/int4_recipes.md).
 DEFAULT_RECIPES = {"int8": "int8", "int4": "rtn-sym-head8"}
 INT8_BLOCK_SIZE = 128
 INT4_RECIPES = tuple(name for name, recipe in RECIPES.items() if recipe.bits == 4)

@@ -15,6 +15,7 @@ import click
 from . import __version__
 from .command_errors import errors_as_messages
 from .engine_cli import build_engine_command
+from .quantize import DEFAULT_RECIPES, INT4_RECIPES
 from .serve_cli import serve_command
 
 COMMAND_GROUP = "gpt2_export.commands"  # entry points: name = "package.module:click_command"
@@ -148,10 +149,18 @@ def reference_generate(model_path, prompt, max_new_tokens, sample, temperature, 
     default=None,
     help="With --weights: elements per quantization scale, a power of two >= 16 [default: int8 128, int4 32].",
 )
+@click.option(
+    "--int4-recipe",
+    type=click.Choice(list(INT4_RECIPES)),
+    default=None,
+    help=f"With --weights int4: how the 4-bit weights are made [default: {DEFAULT_RECIPES['int4']}] (README).",
+)
+@click.option("--calibration", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Text file GPTQ calibrates on (--int4-recipe gptq / gptq-head8).")
 @errors_as_messages
 def export_command(
     model_path, head, output, opset, dtype, overwrite, no_validate, external_data, plain, kv_cache, weights,
-    block_size,
+    block_size, int4_recipe, calibration,
 ):
     """Export one GPT-2 head to an ONNX folder and validate it against PyTorch."""
     from .export import ExportOptions, export
@@ -168,6 +177,8 @@ def export_command(
         kv_cache=kv_cache,
         weights=weights,
         block_size=block_size,
+        int4_recipe=int4_recipe,
+        calibration=calibration,
     )
     result = export(model_path, output, options, stderr_reporter)
     status = "validated" if result.validation is not None else "not validated (--no-validate)"
@@ -181,14 +192,24 @@ def export_command(
 @main.command("validate")
 @click.argument("folder", type=click.Path(exists=True, file_okay=False))
 @click.option("--model", "model_path", default=None, help="Checkpoint to compare with (default: the one exported).")
+@click.option("--text", "text_file", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Also report next-token agreement with the fp32 reference on this text (teacher-forced).")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=None,
+              help="With --text: fail when the agreement is below this share (e.g. 0.95).")
 @errors_as_messages
-def validate_command(folder, model_path):
+def validate_command(folder, model_path, text_file, min_agreement):
     """Re-run the export's validation: ONNX Runtime on CPU against the PyTorch reference."""
+    from pathlib import Path
+
     from .export import validate_folder
     from .progress import stderr_reporter
 
-    validate_folder(folder, model_path, stderr_reporter)
-    click.echo(f"{folder}: all outputs within tolerance")
+    if min_agreement is not None and text_file is None:
+        raise click.UsageError("--min-agreement needs --text FILE (the text the agreement is measured on)")
+    text = Path(text_file).read_text(encoding="utf-8", errors="replace") if text_file else None
+    result = validate_folder(folder, model_path, stderr_reporter, text=text, min_agreement=min_agreement)
+    agreement = f"; next-token agreement {result.text_agreement['rate']:.1%} on {text_file}" if text else ""
+    click.echo(f"{folder}: all outputs within tolerance{agreement}")
 
 
 @main.command("generate")

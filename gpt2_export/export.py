@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime
 import torch
@@ -21,7 +22,7 @@ import torch
 import models
 from runtime.bpe_vocab import TOKENIZER_JSON
 from runtime.manifest import MANIFEST_NAME, IOContract, Manifest, ModelShape, TensorSpec
-from runtime.tokenizer import ADDED_TOKENS, GPT2_RANKS_RESOURCE
+from runtime.tokenizer import ADDED_TOKENS, GPT2_RANKS_RESOURCE, Tokenizer, TokenizerNotFoundError
 
 from . import __version__
 from .checkpoints import ReferenceModel, load_reference
@@ -29,15 +30,25 @@ from .contract import dynamic_axes, io_contract
 from .fused import KV_CACHE_LAYOUTS, FusedGraphError, build_fused, value_info
 from .graphs import HEAD_CLASSES, graph_for
 from .progress import Reporter, silent, stage
-from .validate import ValidationReport, raise_if_failed, validate
+from .quantize import (
+    DEFAULT_RECIPES,
+    INT8_BLOCK_SIZE,
+    RECIPES,
+    WeightRecipe,
+    calibration_windows,
+    quantize_weights,
+    recipe_for,
+)
+from .validate import ValidationReport, measure_text_agreement, raise_if_failed, validate
 
 MODEL_FILE = "model.onnx"
 DTYPES = ("fp32", "fp16")
 VARIANTS = ("fused", "plain")
 WEIGHTS = ("float", "int8", "int4")
 # Elements per quantization scale. int8: 128 is as accurate as 64 here and faster; int4: 32, the finest block
-# ONNX Runtime's CPU kernels serve well (128 decodes ~25% faster, with visibly worse logits).
-DEFAULT_BLOCK_SIZES = {"int8": 128, "int4": 32}
+# ONNX Runtime's CPU kernels serve well (128 decodes ~25% faster, with visibly worse logits). The int4 recipe
+# (zero points, 8-bit LM head, ...) is gpt2_export/quantize.py's DEFAULT_RECIPES["int4"].
+DEFAULT_BLOCK_SIZES = {"int8": INT8_BLOCK_SIZE, "int4": RECIPES[DEFAULT_RECIPES["int4"]].block_size}
 FUSED_HEADS = ("lm", "base")
 # The TorchScript exporter emits opsets up to 20; below 14 it cannot express the attention's dynamic slices.
 MIN_OPSET, MAX_OPSET, DEFAULT_OPSET = 14, 20, 17
@@ -65,13 +76,21 @@ class ExportOptions:
     kv_cache: str = "growing"  # fused only: "shared" writes the cache in place
     weights: str = "float"  # "int8" / "int4": quantized MatMul weights (fused, fp32 only)
     block_size: int | None = None  # quantized weights: elements per scale; None: DEFAULT_BLOCK_SIZES
+    int4_recipe: str | None = None  # --weights int4: a quantize.RECIPES name; None: DEFAULT_RECIPES["int4"]
+    calibration: str | None = None  # a text file for the gptq recipes (tokenized with the checkpoint's tokenizer)
+
+    @property
+    def weight_recipe(self) -> WeightRecipe | None:
+        """The quantization recipe (None for float weights)."""
+        if self.weights == "float":
+            return None
+        return recipe_for(self.weights, self.int4_recipe, self.block_size)
 
     @property
     def weight_block_size(self) -> int | None:
         """The block size the quantizer uses (None for float weights)."""
-        if self.weights == "float":
-            return None
-        return self.block_size or DEFAULT_BLOCK_SIZES[self.weights]
+        recipe = self.weight_recipe
+        return None if recipe is None else recipe.block_size
 
     def __post_init__(self) -> None:
         if self.head not in HEAD_CLASSES:
@@ -109,6 +128,19 @@ class ExportOptions:
                 raise ExportError(
                     f"block size {size!r} is not supported: MatMulNBits needs a power of two >= 16 (e.g. 32 or 128)"
                 )
+        if self.int4_recipe is not None and self.weights != "int4":
+            raise ExportError(f"--int4-recipe {self.int4_recipe} sets how int4 weights are made: add --weights int4")
+        if self.weights != "float":
+            recipe = self.weight_recipe  # unknown recipe names fail here, before anything is loaded
+            if self.calibration is not None and recipe.algorithm != "gptq":
+                raise ExportError(
+                    f"--calibration is read by the gptq recipes only (this export uses {recipe.algorithm}): "
+                    "add --int4-recipe gptq (or gptq-head8), or drop --calibration"
+                )
+            if recipe.algorithm == "gptq" and self.calibration is None:
+                raise ExportError(f"--int4-recipe {self.int4_recipe} calibrates on text: add --calibration FILE")
+            if self.calibration is not None and not Path(self.calibration).is_file():
+                raise ExportError(f"calibration file {self.calibration} does not exist: pass a text file")
         if self.opset < MIN_OPSET:
             raise ExportError(
                 f"opset {self.opset} is too old: the graph needs opset >= {MIN_OPSET} (dynamic Slice/Trilu-free "
@@ -128,6 +160,13 @@ class ExportResult:
     folder: Path
     manifest: Manifest
     validation: ValidationReport | None
+
+
+def recipe_name(options: ExportOptions) -> str:
+    """The recipe's name as export.json records it (int8, or the int4 recipe; block size appended if changed)."""
+    name = "int8" if options.weights == "int8" else options.int4_recipe or DEFAULT_RECIPES["int4"]
+    base = RECIPES[name].block_size
+    return name if options.block_size in (None, base) else f"{name}/block{options.block_size}"
 
 
 def prepare_output(folder: Path, overwrite: bool) -> None:
@@ -409,10 +448,15 @@ def export(
     onnx_path = folder / MODEL_FILE
     variant, proto, contract = build_graph(reference, options, onnx_path, report)
     if options.weights != "float":
-        with stage(f"quantize weights to {options.weights}", report):
-            from .precision import quantize
-
-            proto = quantize(proto, options.weights, options.weight_block_size)
+        recipe = options.weight_recipe
+        with stage(f"quantize weights to {options.weights} ({recipe_name(options)})", report):
+            calibration = None
+            if options.calibration is not None:
+                text = Path(options.calibration).read_text(encoding="utf-8", errors="replace")
+                ids = ref.tokenizer.encode(text)
+                calibration = calibration_windows(ids, reference.config.n_positions)
+                report(f"calibration: {len(ids)} tokens of {options.calibration}, {len(calibration)} windows")
+            proto = quantize_weights(proto, recipe, calibration)
     if options.dtype == "fp16":
         with stage("convert to fp16", report):
             from .precision import to_fp16
@@ -442,6 +486,8 @@ def export(
         kv_cache=options.kv_cache if variant == "fused" else "growing",
         weights=options.weights,
         weight_block_size=options.weight_block_size,
+        weight_recipe=None if options.weights == "float" else {"name": recipe_name(options),
+                                                                **options.weight_recipe.to_dict()},
         optional_inputs=[i.name for i in proto.graph.input if i.name in {t.name for t in proto.graph.initializer}],
     )
     manifest.save(folder)
@@ -464,9 +510,14 @@ def export(
 
 
 def validate_folder(
-    folder: str | os.PathLike, model: str | os.PathLike | None = None, report: Reporter = silent
+    folder: str | os.PathLike, model: str | os.PathLike | None = None, report: Reporter = silent,
+    text: str | None = None, min_agreement: float | None = None,
 ) -> ValidationReport:
-    """Re-validate an export folder against its checkpoint (default: the folder's own config + source)."""
+    """Re-validate an export folder against its checkpoint (default: the folder's own config + source).
+
+    With `text`, also the teacher-forced next-token agreement with the fp32 reference on it (lm head), stored in
+    export.json's validation.text_agreement; below `min_agreement` it fails the validation.
+    """
     folder = Path(folder)
     manifest = Manifest.load(folder)
     onnx_path = folder / manifest.model_file
@@ -476,7 +527,19 @@ def validate_folder(
     ref = load_reference(checkpoint, HEAD_CLASSES[manifest.head])
     check_shape_matches(ref, manifest, checkpoint)
     check_head_matches(ref, manifest.head)
-    result = validate(ref.model.float().eval(), manifest, onnx_path, report)
+    reference = ref.model.float().eval()
+    result = validate(reference, manifest, onnx_path, report)
+    if text is not None:
+        try:
+            tokenizer = Tokenizer.from_folder(folder)
+        except TokenizerNotFoundError:
+            tokenizer = ref.tokenizer
+        agreement = measure_text_agreement(reference, manifest, onnx_path, np.array(tokenizer.encode(text)))
+        result.text_agreement = agreement.to_dict()
+        report(agreement.line())
+        if min_agreement is not None and not agreement.rate >= min_agreement:
+            result.problems.append(f"next-token agreement {agreement.rate:.1%} on the text is below the "
+                                   f"--min-agreement {min_agreement:.1%}")
     manifest.validation = result.to_dict()
     manifest.save(folder)
     raise_if_failed(result)

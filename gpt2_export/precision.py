@@ -1,4 +1,4 @@
-"""Precision conversion of exported graphs: fp16, and int8 / int4 weights (MatMulNBits) for CPUs.
+"""Precision conversion of exported graphs to fp16 (int8 / int4 weights: gpt2_export/quantize.py).
 
 fp16 uses onnxruntime's float16 converter with Softmax kept in fp32, so the masked scores never
 overflow; the mask's fill value is -1e4 (finite in fp16). LayerNormalization runs on fp16 tensors:
@@ -15,7 +15,6 @@ from onnxruntime.transformers.onnx_model import OnnxModel
 
 # Kept in fp32: normalisation statistics and the masked softmax.
 FP32_OPS = ["Softmax"]
-QUANTIZED_BITS = {"int8": 8, "int4": 4}
 
 
 def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -27,26 +26,3 @@ def to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     wrapper.topological_sort()
     return wrapper.model
 
-
-def quantize(model: onnx.ModelProto, weights: str, block_size: int) -> onnx.ModelProto:
-    """Every MatMul with a constant weight (blocks and LM head) to MatMulNBits: int8 or int4, symmetric blocks.
-
-    One kernel family for both widths: ONNX Runtime's MatMulNBits reads the packed weights once per step and,
-    at accuracy level 4, multiplies in int8 (VNNI / AMX). For int8 it beats quantize_dynamic's
-    DynamicQuantizeMatMul (per-channel) on decode time and on logit error, measured on GPT-2 small.
-    """
-    import logging
-
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
-
-    bits = QUANTIZED_BITS[weights]
-    config = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, accuracy_level=4, bits=bits)
-    quantizer = MatMulNBitsQuantizer(model, block_size=block_size, is_symmetric=True, accuracy_level=4,
-                                     algo_config=config)
-    quiet = logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer")
-    level, quiet.level = quiet.level, logging.WARNING  # it logs every node it visits at INFO
-    try:
-        quantizer.process()
-    finally:
-        quiet.setLevel(level)
-    return quantizer.model.model

@@ -68,6 +68,7 @@ class ValidationReport:
     checks: list[OutputCheck] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     greedy: dict | None = None
+    text_agreement: dict | None = None  # `validate --text`: TextAgreement.to_dict()
 
     @property
     def passed(self) -> bool:
@@ -352,6 +353,67 @@ class Validator:
             "reference": reference_tokens,
             "summary": summary,
         }
+
+
+@dataclass
+class TextAgreement:
+    """Teacher-forced next-token agreement of the graph with the fp32 reference on the user's text."""
+
+    positions: int
+    agreed: int
+    window: int
+
+    @property
+    def rate(self) -> float:
+        """Share of positions where both argmaxes agree (nan for no positions)."""
+        return self.agreed / self.positions if self.positions else math.nan
+
+    def to_dict(self) -> dict:
+        """The counts and the rate, as export.json's validation stores them."""
+        return {**asdict(self), "rate": self.rate}
+
+    def line(self) -> str:
+        """One line for the validation report."""
+        return (f"next-token agreement with the fp32 reference on the text: {self.rate:.1%} "
+                f"({self.agreed} of {self.positions} positions, windows of {self.window} tokens)")
+
+
+def text_windows(ids: np.ndarray, window: int, max_positions: int | None = None) -> list[np.ndarray]:
+    """Non-overlapping windows of `window` tokens (the last one shorter), each scored from an empty past."""
+    ids = np.asarray(ids, dtype=np.int64)
+    if max_positions is not None:
+        ids = ids[:max_positions]
+    return [ids[start : start + window] for start in range(0, ids.size, window) if ids[start : start + window].size]
+
+
+def measure_text_agreement(model: models.GPT2PreTrainedModel, manifest: Manifest, onnx_path: Path, ids: np.ndarray,
+                           window: int = 128, max_positions: int | None = None) -> TextAgreement:
+    """Share of positions of `ids` where the graph's argmax equals the fp32 reference's (lm head only).
+
+    Teacher-forced: both read the same text, window by window, so one flip does not change what follows.
+    """
+    if manifest.head != "lm":
+        raise ValueError(f"next-token agreement needs an lm head export, this one is {manifest.head}: drop --text")
+    ids = np.asarray(ids, dtype=np.int64)
+    vocab = model.config.vocab_size
+    if ids.size < 2:
+        raise ValueError(f"the text encodes to {ids.size} token(s): give a text of a few hundred tokens or more")
+    if int(ids.max()) >= vocab:
+        raise ValueError(
+            f"the text encodes to token id {int(ids.max())}, out of range for vocab_size {vocab}: "
+            "the export's tokenizer does not belong to this checkpoint; re-export it"
+        )
+    window = min(window, model.config.n_positions)
+    validator = Validator(model, manifest, onnx_path, silent)
+    agreed = positions = 0
+    for chunk in text_windows(ids, window, max_positions):
+        t = chunk.size
+        case = validator._case("text", chunk[None], np.ones((1, t), np.int64), validator._empty_past(1))
+        got = validator.run_onnx(case)["logits"].astype(np.float32)  # (1, T, V)
+        want = validator.run_torch(case)["logits"]  # (1, T, V)
+        agreed += int((got.argmax(-1) == want.argmax(-1)).sum())
+        positions += t
+    return TextAgreement(positions, agreed, window)
 
 
 def check_graph(onnx_path: Path) -> str:

@@ -139,6 +139,7 @@ class Manifest:
     kv_cache: str = "growing"  # "growing": present = past + new; "shared": one in-place buffer (fused only)
     weights: str = "float"  # "float" (as dtype), "int8" or "int4" (quantized MatMul weights)
     weight_block_size: int | None = None  # quantized weights: elements sharing one scale
+    weight_recipe: dict[str, Any] | None = None  # quantized weights: gpt2_export.quantize's recipe, with its name
     optional_inputs: list[str] = field(default_factory=list)  # inputs with a default value, e.g. logits_to_keep
     validation: dict[str, Any] | None = None
     format: str = FORMAT
@@ -173,6 +174,7 @@ class Manifest:
                 kv_cache=data.get("kv_cache", "growing"),
                 weights=data.get("weights", "float"),
                 weight_block_size=data.get("weight_block_size"),
+                weight_recipe=data.get("weight_recipe"),
                 optional_inputs=list(data.get("optional_inputs", [])),
                 validation=data.get("validation"),
             )

@@ -17,7 +17,8 @@ import shutil
 from importlib import resources
 from pathlib import Path
 
-ENDOFTEXT = "<|endoftext|>"
+from runtime.bpe_vocab import ENDOFTEXT
+
 TOKENIZER_FILES = ("vocab.json", "merges.txt")
 
 
@@ -30,43 +31,16 @@ def bundled_ranks() -> dict[bytes, int]:
     return parse_tiktoken(data, f"runtime/{GPT2_RANKS_RESOURCE}")
 
 
-def _bpe_parts(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
-    """token's bytes merged with ranks below max_rank, lowest rank first (how BPE built it)."""
-    parts = [bytes([b]) for b in token]
-    while len(parts) > 1:
-        best, best_rank = None, max_rank
-        for i in range(len(parts) - 1):
-            rank = ranks.get(parts[i] + parts[i + 1])
-            if rank is not None and rank < best_rank:
-                best, best_rank = i, rank
-        if best is None:
-            break
-        parts[best : best + 2] = [parts[best] + parts[best + 1]]
-    return parts
-
-
 def gpt2_tokenizer_files(vocab_size: int | None = None) -> tuple[dict[str, int], list[str]]:
     """vocab.json's mapping and merges.txt's lines (no header) of GPT-2, cut to vocab_size tokens when smaller."""
-    from runtime.tokenizer import bytes_to_unicode
+    from runtime.bpe_vocab import vocab_and_merges
 
     ranks = bundled_ranks()
     size = len(ranks) + 1 if vocab_size is None else vocab_size  # + <|endoftext|>
     if size < 257:
         raise ValueError(f"vocab_size {size} cannot hold GPT-2's 256 byte tokens and <|endoftext|>: use >= 257")
     kept = {token: rank for token, rank in ranks.items() if rank < min(size - 1, len(ranks))}
-    table = bytes_to_unicode()
-
-    def text(token: bytes) -> str:
-        return "".join(table[b] for b in token)
-
-    vocab, merges = {}, []
-    for token, rank in sorted(kept.items(), key=lambda item: item[1]):
-        vocab[text(token)] = rank
-        if len(token) > 1:
-            parts = _bpe_parts(kept, token, rank)
-            if len(parts) != 2:
-                raise ValueError(f"token {token!r} (rank {rank}) is not one merge of two lower-ranked tokens")
-            merges.append(f"{text(parts[0])} {text(parts[1])}")
+    vocab, merges = vocab_and_merges(kept, f"GPT-2's ranks cut to {size} tokens")
     vocab[ENDOFTEXT] = len(kept)
     return vocab, merges
 

@@ -33,9 +33,9 @@ from runtime.bpe_vocab import (
     TOKENIZER_JSON,
     BPEVocabulary,
     byte_symbol,
-    bytes_to_unicode,
     read_bpe_files,
     read_tokenizer_json,
+    vocab_and_merges,
 )
 from runtime.manifest import Manifest
 
@@ -132,21 +132,6 @@ def genai_config(manifest: Manifest) -> dict[str, Any]:
 # ---- tokenizer.json ------------------------------------------------------------------------------------------
 
 
-def _bpe_split(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
-    """Merge token's bytes with ranks below max_rank, lowest rank first, as BPE built it (tiktoken's `bpe`)."""
-    parts = [bytes([b]) for b in token]
-    while len(parts) > 1:
-        best, best_rank = None, max_rank
-        for i in range(len(parts) - 1):
-            rank = ranks.get(parts[i] + parts[i + 1])
-            if rank is not None and rank < best_rank:
-                best, best_rank = i, rank
-        if best is None:
-            break
-        parts[best : best + 2] = [parts[best] + parts[best + 1]]
-    return parts
-
-
 def _vocab_from_tiktoken(path: Path) -> tuple[dict[str, int], list[str], dict[str, int]]:
     """vocab, merges and added tokens recovered from a `*.tiktoken` ranks file (every merge is the two parts
     BPE reaches for a token with the lower ranks only)."""
@@ -158,19 +143,7 @@ def _vocab_from_tiktoken(path: Path) -> tuple[dict[str, int], list[str], dict[st
                 ranks[base64.b64decode(token, validate=True)] = int(rank)
             except ValueError as e:
                 raise ValueError(f"{path} line {number}: expected '<base64 token> <rank>'") from e
-    table = bytes_to_unicode()
-
-    def text(token: bytes) -> str:
-        return "".join(table[b] for b in token)
-
-    vocab, merges = {}, []
-    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
-        vocab[text(token)] = rank
-        if len(token) > 1:
-            parts = _bpe_split(ranks, token, rank)
-            if len(parts) != 2:
-                raise ValueError(f"{path}: token {token!r} (rank {rank}) is not one merge of two lower-ranked tokens")
-            merges.append(f"{text(parts[0])} {text(parts[1])}")
+    vocab, merges = vocab_and_merges(ranks, path)
     return vocab, merges, {ENDOFTEXT: len(ranks)}
 
 

@@ -303,6 +303,35 @@ def parse_tiktoken(data: bytes, source: str) -> dict[bytes, int]:
     return ranks
 
 
+def bpe_split(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
+    """Merge token's bytes with ranks below max_rank, lowest rank first, as BPE built it (tiktoken's `bpe`)."""
+    parts = [bytes([b]) for b in token]
+    while len(parts) > 1:
+        best, best_rank = None, max_rank
+        for i in range(len(parts) - 1):
+            rank = ranks.get(parts[i] + parts[i + 1])
+            if rank is not None and rank < best_rank:
+                best, best_rank = i, rank
+        if best is None:
+            break
+        parts[best : best + 2] = [parts[best] + parts[best + 1]]
+    return parts
+
+
+def vocab_and_merges(ranks: dict[bytes, int], source: str | Path) -> tuple[dict[str, int], list[str]]:
+    """vocab.json's mapping and merges.txt's lines (no header) of tiktoken ranks: each merge is the two parts BPE
+    reaches for a token with the lower ranks only."""
+    vocab, merges = {}, []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        vocab[byte_symbol(token)] = rank
+        if len(token) > 1:
+            parts = bpe_split(ranks, token, rank)
+            if len(parts) != 2:
+                raise ValueError(f"{source}: token {token!r} (rank {rank}) is not one merge of two lower-ranked tokens")
+            merges.append(f"{byte_symbol(parts[0])} {byte_symbol(parts[1])}")
+    return vocab, merges
+
+
 # ---- when tiktoken's algorithm is the merge list's --------------------------------------------------------------
 
 

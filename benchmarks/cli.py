@@ -110,11 +110,16 @@ def _check_workload(folder: str, prompt_tokens: int, max_tokens: int) -> None:
               help="Greedy tokens per request (eos ignored, so every request has this length).")
 @click.option("--prompt-tokens", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="The servers' ONNX Runtime threads.")
+@click.option("--ray-replicas", type=click.IntRange(min=0), default=0, show_default=True,
+              help="Also measure `serve --ray --replicas N` (the ray extra); each replica gets cores // N threads "
+                   "unless --threads says otherwise. 0: no Ray server.")
 @click.option("--output", type=click.Path(file_okay=False), default="bench-serve-results", show_default=True,
               help="Folder for serve_results.json, serve_results.md, the PNG and the server logs.")
 def bench_serve_command(folder, concurrency, max_batch, baseline_max_batch, requests_per_client, max_tokens,
-                        prompt_tokens, threads, output) -> None:
+                        prompt_tokens, threads, ray_replicas, output) -> None:
     """Load-test the server on an export FOLDER: 1-16 streaming clients, continuous batching vs --max-batch 1.
+
+    With --ray-replicas N, the batching server also runs as a Ray Serve deployment of N replicas beside them.
 
     Reports aggregate tokens/s, time to first token and inter-token latency p50/p99 and errors per level,
     and checks the targets at 8 clients (>= 2.5x the tokens/s of --max-batch 1, p99 inter-token latency
@@ -126,7 +131,7 @@ def bench_serve_command(folder, concurrency, max_batch, baseline_max_batch, requ
         config = ServeBenchConfig(
             folder=folder, output=output, concurrency=_ints(concurrency, "--concurrency"), max_batch=max_batch,
             baseline_max_batch=baseline_max_batch, requests_per_client=requests_per_client, max_tokens=max_tokens,
-            prompt_tokens=prompt_tokens, threads=threads,
+            prompt_tokens=prompt_tokens, threads=threads, ray_replicas=ray_replicas,
             extra={"command": " ".join(["gpt2-export", *sys.argv[1:]])},
         )
         _check_workload(folder, prompt_tokens, max_tokens)  # after the options' own checks (usage errors first)

@@ -1,7 +1,8 @@
 """Load benchmark of the HTTP service: concurrent streaming clients against local servers (`gpt2-export bench-serve`).
 
 Two servers of the same export run one after the other on 127.0.0.1 (`python -m runtime.serve`, torch-free):
-continuous batching (--max-batch N) and the one-request-at-a-time baseline (--max-batch 1). Against each,
+continuous batching (--max-batch N), the one-request-at-a-time baseline (--max-batch 1) and, with
+--ray-replicas R, the same batching server as a Ray Serve deployment of R replicas (`serve --ray`). Against each,
 1, 4, 8 and 16 clients each send greedy streaming completions of a fixed length (ignore_eos) with distinct
 random token-id prompts, back to back. Per level: aggregate tokens/s (tokens over the level's wall time),
 time to first token and inter-token latency p50 / p99, errors. Written as results JSON, markdown and a PNG.
@@ -48,6 +49,7 @@ class ServeBenchConfig:
     max_tokens: int = 64
     prompt_tokens: int = 32
     threads: int | None = None  # the servers' ONNX Runtime threads (default: every core)
+    ray_replicas: int = 0  # > 0: also `serve --ray --replicas R`; each replica gets cores // R threads by default
     request_timeout_s: float = 600.0
     quiet_share: float = 0.10  # a level during which other processes used more of the CPUs is measured again
     quiet_wait_s: float = 120.0  # before each level, wait up to this long for other processes to go quiet
@@ -64,6 +66,43 @@ class ServeBenchConfig:
         for name in ("max_batch", "baseline_max_batch", "requests_per_client", "max_tokens", "prompt_tokens"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1")
+        if self.ray_replicas < 0:
+            raise ValueError(f"ray_replicas={self.ray_replicas} must be >= 0 (0: no Ray Serve server)")
+
+    def servers(self) -> list[ServerSpec]:
+        """The servers this run measures, in order."""
+        specs = [ServerSpec("batched", self.max_batch, self.threads),
+                 ServerSpec("baseline", self.baseline_max_batch, self.threads)]
+        if self.ray_replicas:
+            # Replicas share the machine: by default each gets its share of the cores, not all of them.
+            threads = self.threads or max(1, (os.cpu_count() or 1) // self.ray_replicas)
+            specs.append(ServerSpec("ray", self.max_batch, threads, self.ray_replicas))
+        return specs
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """One server of the run: `python -m runtime.serve FOLDER --max-batch N`, as Ray Serve replicas when > 0."""
+
+    name: str
+    max_batch: int
+    threads: int | None
+    ray_replicas: int = 0
+
+    @property
+    def label(self) -> str:
+        label = f"--max-batch {self.max_batch}"
+        if self.ray_replicas:
+            label = f"--ray --replicas {self.ray_replicas}, {label}"
+        return label + (" (baseline)" if self.name == "baseline" else "")
+
+    def arguments(self) -> list[str]:
+        args = ["--max-batch", str(self.max_batch)]
+        if self.threads is not None:
+            args += ["--threads", str(self.threads)]
+        if self.ray_replicas:
+            args += ["--ray", "--replicas", str(self.ray_replicas)]
+        return args
 
 
 @dataclass
@@ -174,13 +213,11 @@ def _free_port() -> int:
 class LocalServer:
     """`python -m runtime.serve FOLDER` on a free loopback port; stop() sends SIGTERM and returns the exit status."""
 
-    def __init__(self, folder: Path, max_batch: int, threads: int | None, log_path: Path):
+    def __init__(self, folder: Path, spec: ServerSpec, log_path: Path):
         self.port = _free_port()
         self.log = log_path.open("w")
-        command = [sys.executable, "-m", "runtime.serve", str(folder), "--port", str(self.port), "--max-batch",
-                   str(max_batch), "--max-queue", "256", "--log-level", "warning"]
-        if threads is not None:
-            command += ["--threads", str(threads)]
+        command = [sys.executable, "-m", "runtime.serve", str(folder), "--port", str(self.port), "--max-queue", "256",
+                   "--log-level", "warning", *spec.arguments()]
         self.process = subprocess.Popen(command, stdout=self.log, stderr=subprocess.STDOUT)
 
     def wait_healthy(self, timeout: float = 300.0) -> None:
@@ -214,15 +251,40 @@ class LocalServer:
 
 
 def _cpu_jiffies(pid: int | None = None) -> int | None:
-    """Busy CPU time of the machine (pid None) or of one process, in clock ticks; None off Linux."""
+    """Busy CPU time of the machine (pid None) or of one process and its descendants, in clock ticks; None off Linux.
+
+    Descendants count because a Ray Serve server runs its replicas in worker processes under its raylet.
+    """
     try:
         if pid is None:
             fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
             return sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle and iowait
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return int(fields[11]) + int(fields[12])  # utime + stime, every thread
+        stats = _process_stats()
+        tree, frontier = {pid}, [pid]
+        while frontier:
+            parent = frontier.pop()
+            children = [child for child, (ppid, _) in stats.items() if ppid == parent and child not in tree]
+            tree.update(children)
+            frontier += children
+        if pid not in stats:
+            return None
+        return sum(stats[p][1] for p in tree if p in stats)
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _process_stats() -> dict[int, tuple[int, int]]:
+    """pid -> (parent pid, utime + stime of every thread) for every process still readable."""
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    return stats
 
 
 def other_cpu_share(start: dict, end: dict, wall: float) -> float | None:
@@ -290,6 +352,9 @@ def targets(servers: dict[str, dict]) -> dict[str, Any]:
     if TARGET_CLIENTS in at and 1 in at and at[1]["itl_p99_ms"]:
         ratio = at[TARGET_CLIENTS]["itl_p99_ms"] / at[1]["itl_p99_ms"]
         out["itl_p99_ratio"] = {"value": ratio, "target": TARGET_ITL_RATIO, "met": ratio <= TARGET_ITL_RATIO}
+    ray = {level["clients"]: level for level in servers.get("ray", {}).get("levels", [])}
+    if TARGET_CLIENTS in ray and TARGET_CLIENTS in at and at[TARGET_CLIENTS]["tokens_per_s"] > 0:
+        out["ray_over_batched"] = {"value": ray[TARGET_CLIENTS]["tokens_per_s"] / at[TARGET_CLIENTS]["tokens_per_s"]}
     errors = sum(level["errors"] for s in servers.values() for level in s["levels"])
     out["errors"] = {"value": errors, "target": 0, "met": errors == 0}
     return out
@@ -315,7 +380,8 @@ def markdown(data: dict[str, Any]) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, server in data["servers"].items():
-        label = f"--max-batch {server['max_batch']}" + (" (baseline)" if name == "baseline" else "")
+        suffix = " (baseline)" if name == "baseline" else ""
+        label = server.get("label") or f"--max-batch {server['max_batch']}{suffix}"
         for level in server["levels"]:
             lines.append(
                 f"| {label} | {level['clients']} | {level['requests']} | {_fmt(level['tokens_per_s'])} | "
@@ -332,6 +398,10 @@ def markdown(data: dict[str, Any]) -> str:
     if "itl_p99_ratio" in t:
         lines.append(f"- p99 inter-token latency over a lone client's: {t['itl_p99_ratio']['value']:.2f}x "
                      f"(target <= {TARGET_ITL_RATIO}x: {'met' if t['itl_p99_ratio']['met'] else 'NOT met'})")
+    if "ray_over_batched" in t:
+        lines.append(f"- Ray Serve ({config['ray_replicas']} replicas) tokens/s over the single-process batching "
+                     f"server: {t['ray_over_batched']['value']:.2f}x (no target: on this machine's "
+                     f"{data['machine']['cpus']} CPUs the replicas share the same cores)")
     lines.append(f"- errors: {t['errors']['value']} (target 0: {'met' if t['errors']['met'] else 'NOT met'})")
     lines.append("")
     lines.append("'other load': the share of the CPUs that other processes used during the level (0% is a quiet "
@@ -353,10 +423,10 @@ def plot(data: dict[str, Any], path: Path) -> Path | None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
     for name, server in data["servers"].items():
         clients = [level["clients"] for level in server["levels"]]
-        label = f"--max-batch {server['max_batch']}"
-        style = "-" if name == "batched" else "--"
+        label = server.get("label") or f"--max-batch {server['max_batch']}"
+        style = {"batched": "-", "baseline": "--"}.get(name, ":")
         left.plot(clients, [level["tokens_per_s"] for level in server["levels"]], style, marker="o", label=label,
-                  color="tab:blue" if name == "batched" else "tab:gray")
+                  color={"batched": "tab:blue", "baseline": "tab:gray"}.get(name, "tab:purple"))
         for key, marker, color in (("itl_p50_ms", "o", "tab:blue"), ("itl_p99_ms", "^", "tab:red"),
                                    ("ttft_p50_ms", "s", "tab:green")):
             values = [level[key] for level in server["levels"]]
@@ -399,15 +469,22 @@ def run_serve_bench(config: ServeBenchConfig, report: Callable[[str], None] = pr
     from runtime.manifest import Manifest
 
     manifest = Manifest.load(config.folder)
+    if config.ray_replicas:
+        import importlib.util
+
+        if importlib.util.find_spec("ray") is None or importlib.util.find_spec("ray.serve") is None:
+            raise RuntimeError(f"--ray-replicas {config.ray_replicas} needs Ray Serve, which is not installed: "
+                               "pip install -e '.[ray]' (or leave --ray-replicas at 0)")
     config.output.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(config.seed)
     vocab = manifest.shape.vocab_size
     eos = manifest.shape.eos_token_id
     ids = [i for i in range(min(vocab, 50000)) if i != eos and not (isinstance(eos, list) and i in eos)]
     servers: dict[str, dict] = {}
-    for name, max_batch in (("batched", config.max_batch), ("baseline", config.baseline_max_batch)):
-        report(f"starting the --max-batch {max_batch} server ...")
-        server = LocalServer(config.folder, max_batch, config.threads, config.output / f"server-{name}.log")
+    for spec in config.servers():
+        name = spec.name
+        report(f"starting the {spec.label} server ...")
+        server = LocalServer(config.folder, spec, config.output / f"server-{name}.log")
         levels = []
         try:
             server.wait_healthy()
@@ -435,7 +512,8 @@ def run_serve_bench(config: ServeBenchConfig, report: Callable[[str], None] = pr
                        f"{_fmt(100 * (level['other_cpu_share'] or 0), 0)}% of the CPUs")
         finally:
             status = server.stop()
-        servers[name] = {"max_batch": max_batch, "levels": levels, "exit_status": status}
+        servers[name] = {"max_batch": spec.max_batch, "label": spec.label, "threads": spec.threads,
+                         "ray_replicas": spec.ray_replicas, "levels": levels, "exit_status": status}
         if status != 0:
             report(f"  warning: the server exited with status {status} after SIGTERM")
     data = {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from click.testing import CliRunner
 
 from benchmarks.cli import bench_serve_command
@@ -48,3 +49,16 @@ def test_bench_serve_runs_both_servers_and_writes_its_report(serve_exports, tmp_
     assert "| --max-batch 2 | 1 |" in result.markdown and "| --max-batch 1 (baseline) | 2 |" in result.markdown
     assert result.files["markdown"].read_text() == result.markdown
     assert result.files.get("png") is None or result.files["png"].stat().st_size > 10_000
+
+
+def test_bench_serve_ray_replicas_must_not_be_negative(tmp_path):
+    with pytest.raises(ValueError, match="ray_replicas=-1 must be >= 0"):
+        ServeBenchConfig(folder=tmp_path, ray_replicas=-1)
+
+
+def test_bench_serve_gives_each_ray_replica_its_share_of_the_cores(tmp_path, monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    specs = ServeBenchConfig(folder=tmp_path, max_batch=4, ray_replicas=2).servers()
+    assert [(s.name, s.max_batch, s.threads, s.ray_replicas) for s in specs] == [
+        ("batched", 4, None, 0), ("baseline", 1, None, 0), ("ray", 4, 4, 2)]
+    assert specs[2].arguments() == ["--max-batch", "4", "--threads", "4", "--ray", "--replicas", "2"]

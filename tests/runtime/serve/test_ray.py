@@ -50,3 +50,22 @@ def test_two_ray_serve_replicas_answer_concurrent_requests_with_the_serial_token
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+@pytest.mark.slow
+def test_bench_serve_measures_ray_replicas_beside_the_single_process_servers(serve_exports, tmp_path):
+    import json
+
+    from benchmarks.serve_load import ServeBenchConfig, run_serve_bench
+
+    config = ServeBenchConfig(folder=serve_exports["lm-shared"], output=tmp_path, concurrency=(1, 2), max_batch=2,
+                              requests_per_client=1, min_requests=2, max_tokens=4, prompt_tokens=4, quiet_wait_s=0,
+                              retries=0, ray_replicas=2)
+    result = run_serve_bench(config, report=lambda line: None)
+    data = json.loads(result.files["json"].read_text())
+    assert list(data["servers"]) == ["batched", "baseline", "ray"]
+    ray_server = data["servers"]["ray"]
+    assert ray_server["ray_replicas"] == 2 and ray_server["exit_status"] == 0, (tmp_path / "server-ray.log").read_text()
+    for level in ray_server["levels"]:
+        assert level["errors"] == 0 and level["tokens"] == 4 * level["requests"] and level["ttft_p50_ms"] > 0
+    assert "| --ray --replicas 2, --max-batch 2 | 2 |" in result.markdown

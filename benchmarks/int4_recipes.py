@@ -37,6 +37,10 @@ SWEEP: dict[str, WeightRecipe] = {
     "rtn-sym-head8/block64": replace(RECIPES["rtn-sym"], eight_bit="lm_head", block_size=64),
     "rtn-sym-head8/block128": replace(RECIPES["rtn-sym"], eight_bit="lm_head", block_size=128),
     "rtn-asym-head8/block128": replace(RECIPES["rtn-asym-head8"], block_size=128),
+    "rtn-sym-head8/block256": replace(RECIPES["rtn-sym"], eight_bit="lm_head", block_size=256),
+    "int8/block32": replace(RECIPES["int8"], block_size=32),
+    "int8/block64": replace(RECIPES["int8"], block_size=64),
+    "int8/block256": replace(RECIPES["int8"], block_size=256),
     "rtn-asym/acc0": replace(RECIPES["rtn-asym"], accuracy_level=0),
     "rtn-asym-head8/acc0": replace(RECIPES["rtn-asym-head8"], accuracy_level=0),
 }

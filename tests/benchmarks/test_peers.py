@@ -225,7 +225,7 @@ LLAMA_CPP = os.environ.get(llama_cpp.ENV_VAR)
 
 
 @pytest.mark.skipif(not LLAMA_CPP, reason=f"no llama.cpp build: set ${llama_cpp.ENV_VAR} to one (README "
-                    "'Performance (CPU)'); building it takes ~5 min on 2 cores, too slow for CI")
+                    "'Performance (CPU)', or .ci/build_llama_cpp, which CI runs: ~5 min on 2 cores)")
 def test_llama_cpp_converts_quantizes_and_times_a_gpt2_vocabulary_checkpoint(tmp_path):
     import torch
     import transformers

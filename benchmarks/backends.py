@@ -71,7 +71,7 @@ LABELS = {
     "ort-fused": "our runtime, fused graph, growing cache (fp32; the default export)",
     "ort-fused-shared": "our runtime, fused graph, in-place cache (fp32, GroupQueryAttention)",
     "ort-int8": "our runtime, fused graph, int8 weights (MatMulNBits, 8-bit blocks of 128)",
-    "ort-int4": "our runtime, fused graph, int4 weights (MatMulNBits, block 32)",
+    "ort-int4": "our runtime, fused graph, int4 weights (MatMulNBits, 4-bit blocks of 128, LM head 8-bit)",
     "ort-fused-cuda": "our runtime, fused graph on ONNX Runtime CUDA (fp32)",
     "ort-fused-cuda-fp16": "our runtime, fused graph on ONNX Runtime CUDA (fp16)",
     "ort-fused-tensorrt": "our runtime, fused graph on ONNX Runtime's TensorRT provider (fp32)",

@@ -147,7 +147,7 @@ def reference_generate(model_path, prompt, max_new_tokens, sample, temperature, 
     "--block-size",
     type=int,
     default=None,
-    help="With --weights: elements per quantization scale, a power of two >= 16 [default: int8 128, int4 32].",
+    help="With --weights: elements per quantization scale, 16, 32, 64, 128 or 256 [default: 128].",
 )
 @click.option(
     "--int4-recipe",

@@ -31,6 +31,7 @@ from .fused import KV_CACHE_LAYOUTS, FusedGraphError, build_fused, value_info
 from .graphs import HEAD_CLASSES, graph_for
 from .progress import Reporter, silent, stage
 from .quantize import (
+    BLOCK_SIZES,
     DEFAULT_RECIPES,
     INT8_BLOCK_SIZE,
     RECIPES,
@@ -124,9 +125,10 @@ class ExportOptions:
             if self.weights == "float":
                 raise ExportError("--block-size sets the quantization block: add --weights int8 or --weights int4")
             size = self.block_size
-            if not isinstance(size, int) or size < 16 or size & (size - 1):
+            if size not in BLOCK_SIZES:
                 raise ExportError(
-                    f"block size {size!r} is not supported: MatMulNBits needs a power of two >= 16 (e.g. 32 or 128)"
+                    f"block size {size!r} is not supported: onnxruntime's MatMulNBits quantizer takes "
+                    f"{', '.join(map(str, BLOCK_SIZES))}"
                 )
         if self.int4_recipe is not None and self.weights != "int4":
             raise ExportError(f"--int4-recipe {self.int4_recipe} sets how int4 weights are made: add --weights int4")

@@ -17,7 +17,7 @@ VARIANTS = {
     "int8 weights": dict(weights="int8"),
     "int4 weights": dict(weights="int4"),
     "int8 weights, blocks of 16": dict(weights="int8", block_size=16),
-    "int4 weights, blocks of 128": dict(weights="int4", block_size=128),
+    "int4 weights, blocks of 32": dict(weights="int4", block_size=32),
 }
 
 
@@ -43,7 +43,7 @@ def test_the_fused_graph_has_one_attention_op_per_layer(hf_checkpoints, tmp_path
 
 
 @pytest.mark.parametrize("weights, block_size, bits, block", [
-    ("int4", None, 4, 32), ("int8", None, 8, 128), ("int4", 64, 4, 64), ("int8", 16, 8, 16),
+    ("int4", None, 4, 128), ("int8", None, 8, 128), ("int4", 64, 4, 64), ("int8", 16, 8, 16), ("int4", 256, 4, 256),
 ])
 def test_quantized_weights_use_matmulnbits_with_the_recorded_block(hf_checkpoints, tmp_path, weights, block_size,
                                                                    bits, block):
@@ -77,8 +77,9 @@ def test_heads_without_a_fused_graph_export_plain(hf_checkpoints, tmp_path):
     (dict(head="base", kv_cache="shared"), "serves the lm head's decoding loop, not the base head"),
     (dict(weights="int2"), "unknown weights 'int2'"),
     (dict(block_size=32), "add --weights int8 or --weights int4"),
-    (dict(weights="int4", block_size=48), "power of two >= 16"),
-    (dict(weights="int8", block_size=8), "power of two >= 16"),
+    (dict(weights="int4", block_size=48), "quantizer takes 16, 32, 64, 128, 256"),
+    (dict(weights="int8", block_size=8), "quantizer takes 16, 32, 64, 128, 256"),
+    (dict(weights="int8", block_size=512), "block size 512 is not supported"),
 ])
 def test_impossible_combinations_are_refused(options, message):
     with pytest.raises(ExportError, match=message):

@@ -19,6 +19,8 @@ BACKENDS = (
     "ort-fused-shared",
     "ort-int8",
     "ort-int4",
+    "ort-int8-shared",
+    "ort-int4-shared",
     "hf-eager-cuda",
     "hf-sdpa-cuda",
     "ort-fused-cuda",

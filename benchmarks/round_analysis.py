@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from .analysis import FP32_RUNTIME, decode_weight_bytes
+from .analysis import FP32_RUNTIME, INT4_RUNTIME, INT8_RUNTIME, decode_weight_bytes
 from .backends import LABELS
 
 # Our backend and llama.cpp's GGUF at each matching precision.
-PRECISION_PAIRS = (("F32", FP32_RUNTIME, "llama-cpp-f32"), ("Q8_0", ("ort-int8",), "llama-cpp-q8_0"),
-                   ("Q4_0", ("ort-int4",), "llama-cpp-q4_0"))
+PRECISION_PAIRS = (("F32", FP32_RUNTIME, "llama-cpp-f32"), ("Q8_0", INT8_RUNTIME, "llama-cpp-q8_0"),
+                   ("Q4_0", INT4_RUNTIME, "llama-cpp-q4_0"))
 SOURCE = "issue 13"
 PEER_LABELS = {
     "llama-cpp-f32": "llama.cpp llama-bench, GGUF F32 (KV cache f16)",
@@ -109,8 +109,8 @@ def evaluate_round_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 13's targets: ratios to the floors measured in the same rounds, and to llama.cpp at each precision."""
     targets = []
     for label, names, position, limit in (("fp32", FP32_RUNTIME, "32", 1.05), ("fp32", FP32_RUNTIME, "900", 1.10),
-                                          ("int8", ("ort-int8",), "32", 0.30), ("int4", ("ort-int4",), "32", 0.18),
-                                          ("int4", ("ort-int4",), "900", 0.30)):
+                                          ("int8", INT8_RUNTIME, "32", 0.30), ("int4", INT4_RUNTIME, "32", 0.18),
+                                          ("int4", INT4_RUNTIME, "900", 0.30)):
         backend = _best_of(summary, names, position)
         floor = summary["floor_ms"].get(position, {})
         ours = _decode(summary, backend, position)

@@ -28,7 +28,8 @@ from .config import PEERS, BenchConfig
 from .measure import worker_env
 
 # Our backends (and the transformers baseline) that take part, CPU only: the floor is the CPU's.
-ROUND_BACKENDS = ("hf-sdpa", "ort-plain", "ort-fused", "ort-fused-shared", "ort-int8", "ort-int4")
+ROUND_BACKENDS = ("hf-sdpa", "ort-plain", "ort-fused", "ort-fused-shared", "ort-int8", "ort-int4", "ort-int8-shared",
+                  "ort-int4-shared")
 TARGET_POSITIONS = (32, 900)  # the prompt lengths
 
 

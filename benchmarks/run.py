@@ -53,7 +53,7 @@ def _check_positions(config: BenchConfig, model_config: dict[str, Any]) -> None:
 def _variants(runnable: list[str]) -> list[str]:
     """Our export variants the selected backends need (the fp32 fused one too when int8 / int4 are compared)."""
     needed = {variant for name in runnable if (variant := export_variant(name))}
-    if needed & {"int8", "int4"}:
+    if needed & {"int8", "int4", "int8-shared", "int4-shared"}:
         needed.add("fused")
     return sorted(needed)
 

@@ -137,6 +137,18 @@ def test_round_targets_are_the_issues_limits_met_or_not_with_their_numbers():
     assert q4["met"] is None and q4["detail"] == "llama-cpp-q4_0 not selected"
 
 
+def test_quantized_targets_take_the_faster_of_the_growing_and_the_in_place_cache_export():
+    raw = _raw()
+    raw["participants"]["llama-cpp-q4_0"] = {**raw["participants"]["llama-cpp-f32"]}
+    raw["participants"]["ort-int4-shared"] = {**raw["participants"]["ort-int4"], "samples": {
+        "positions": {"32": [[2e-4], [3e-4]], "900": [[1e-4], [2e-4]]}, "batch": []}}  # slower at 32, faster at 900
+    targets = {t["name"]: t for t in evaluate_round_targets(summarize_rounds(raw, CONFIG))}
+    assert targets["int4 decode at prompt 32 / fp32 weights + KV floor"]["backend"] == "ort-int4"
+    assert targets["int4 decode at prompt 900 / fp32 weights + KV floor"]["backend"] == "ort-int4-shared"
+    q4_900 = targets["Q4_0: ours / llama.cpp at prompt 900"]  # 0.1 ms (in-place) against llama.cpp's 1 ms
+    assert q4_900["backend"] == "ort-int4-shared" and q4_900["value"] == pytest.approx(0.1)
+
+
 def test_a_skipped_peer_row_names_the_reason():
     raw = _raw()
     raw["participants"]["ort-int8"] = {**raw["participants"]["ort-int4"]}

@@ -93,8 +93,9 @@ def test_int4_keeps_the_trained_models_answers(trained, quantized_exports):
 
 def test_the_default_int4_recipe_beats_the_old_one(trained, quantized_exports, tmp_path):
     # Symmetric 4-bit blocks everywhere, LM head included (the recipe before this one), on the same positions:
-    # 0.947 here (0.935 on the model) against the default's 0.980 (0.975 with blocks of 32; 2026-12-07). Both are
-    # asked for: the floor, and a third fewer disagreements than the old recipe (the old one as default fails that).
+    # 0.947 here (0.935 on the model) against the default's 0.980 (0.975 with blocks of 32; 2026-12-07).
+    # Both are asked for: the floor, and a third fewer disagreements than the old recipe (the old one as default
+    # fails that).
     old = export(trained[0], tmp_path, ExportOptions(weights="int4", int4_recipe="rtn-sym", validate=False))
     old_rate, new_rate = agreement(trained, old), agreement(trained, quantized_exports["int4"])
     assert new_rate >= INT4_FLOOR

@@ -18,6 +18,8 @@ VARIANTS = {
     "int4 weights": dict(weights="int4"),
     "int8 weights, blocks of 16": dict(weights="int8", block_size=16),
     "int4 weights, blocks of 32": dict(weights="int4", block_size=32),
+    "int8 weights, in-place cache": dict(weights="int8", kv_cache="shared"),
+    "int4 weights, in-place cache": dict(weights="int4", kv_cache="shared"),  # README's fastest quantized decode
 }
 
 

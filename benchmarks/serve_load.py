@@ -260,14 +260,14 @@ def _cpu_jiffies(pid: int | None = None) -> int | None:
             fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
             return sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0)  # minus idle and iowait
         stats = _process_stats()
+        if pid not in stats:
+            return None
         tree, frontier = {pid}, [pid]
         while frontier:
             parent = frontier.pop()
             children = [child for child, (ppid, _) in stats.items() if ppid == parent and child not in tree]
             tree.update(children)
             frontier += children
-        if pid not in stats:
-            return None
         return sum(stats[p][1] for p in tree if p in stats)
     except (OSError, ValueError, IndexError):
         return None
@@ -379,9 +379,8 @@ def markdown(data: dict[str, Any]) -> str:
         "| errors | other load |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for name, server in data["servers"].items():
-        suffix = " (baseline)" if name == "baseline" else ""
-        label = server.get("label") or f"--max-batch {server['max_batch']}{suffix}"
+    for server in data["servers"].values():
+        label = server["label"]
         for level in server["levels"]:
             lines.append(
                 f"| {label} | {level['clients']} | {level['requests']} | {_fmt(level['tokens_per_s'])} | "
@@ -423,7 +422,7 @@ def plot(data: dict[str, Any], path: Path) -> Path | None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
     for name, server in data["servers"].items():
         clients = [level["clients"] for level in server["levels"]]
-        label = server.get("label") or f"--max-batch {server['max_batch']}"
+        label = server["label"].removesuffix(" (baseline)")
         style = {"batched": "-", "baseline": "--"}.get(name, ":")
         left.plot(clients, [level["tokens_per_s"] for level in server["levels"]], style, marker="o", label=label,
                   color={"batched": "tab:blue", "baseline": "tab:gray"}.get(name, "tab:purple"))

@@ -22,7 +22,6 @@ different lengths one per generator, or through `runtime` / `gpt2-export serve`,
 
 from __future__ import annotations
 
-import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -33,6 +32,7 @@ from runtime.bpe_vocab import (
     TOKENIZER_JSON,
     BPEVocabulary,
     byte_symbol,
+    parse_tiktoken,
     read_bpe_files,
     read_tokenizer_json,
     vocab_and_merges,
@@ -135,14 +135,7 @@ def genai_config(manifest: Manifest) -> dict[str, Any]:
 def _vocab_from_tiktoken(path: Path) -> tuple[dict[str, int], list[str], dict[str, int]]:
     """vocab, merges and added tokens recovered from a `*.tiktoken` ranks file (every merge is the two parts
     BPE reaches for a token with the lower ranks only)."""
-    ranks: dict[bytes, int] = {}
-    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
-        if line.strip():
-            try:
-                token, rank = line.split()
-                ranks[base64.b64decode(token, validate=True)] = int(rank)
-            except ValueError as e:
-                raise ValueError(f"{path} line {number}: expected '<base64 token> <rank>'") from e
+    ranks = parse_tiktoken(path.read_bytes(), str(path))
     vocab, merges = vocab_and_merges(ranks, path)
     return vocab, merges, {ENDOFTEXT: len(ranks)}
 

@@ -26,6 +26,8 @@ EIGHT_BIT_SETS = ("none", "lm_head", "edges")  # edges: the LM head and every Ma
 LM_HEAD_NODE = "lm_head"
 # GPTQ's calibration: windows of this many tokens, at most this many of them.
 CALIBRATION_WINDOW, CALIBRATION_WINDOWS = 128, 32
+INT8_BLOCK_SIZE = 128  # int8 weights' blocks, and the 8-bit matrices' blocks in the int4 recipes
+BLOCK_SIZES = (16, 32, 64, 128, 256)  # what MLAS's blockwise quantizer (onnxruntime 1.32) accepts
 
 
 class QuantizationError(ValueError):
@@ -42,7 +44,7 @@ class WeightRecipe:
     algorithm: str = "rtn"  # "rtn" (round to nearest), "hqq" (half-quadratic, asymmetric), "gptq" (calibrated)
     eight_bit: str = "none"
     accuracy_level: int = 4  # MatMulNBits: 4 multiplies in int8 (VNNI / AMX), 0 in fp32
-    eight_bit_block_size: int = 128  # the 8-bit matrices' blocks
+    eight_bit_block_size: int = INT8_BLOCK_SIZE  # the 8-bit matrices' blocks
 
     def __post_init__(self) -> None:
         if self.algorithm not in ALGORITHMS:
@@ -61,7 +63,7 @@ class WeightRecipe:
 
 # int4 recipes (agreement on the trained fixture and decode speed for each in README / benchmarks/int4_recipes.py).
 RECIPES: dict[str, WeightRecipe] = {
-    "int8": WeightRecipe(bits=8, block_size=128),
+    "int8": WeightRecipe(bits=8, block_size=INT8_BLOCK_SIZE),
     "rtn-sym": WeightRecipe(bits=4, block_size=32),
     "rtn-asym": WeightRecipe(bits=4, block_size=32, symmetric=False),
     "hqq": WeightRecipe(bits=4, block_size=32, symmetric=False, algorithm="hqq"),
@@ -77,8 +79,6 @@ RECIPES: dict[str, WeightRecipe] = {
 # blocks of 32 in MatMulNBits at the same agreement (0.984 vs 0.983): its per-block work, not the bytes, is the wall
 # (benchmarks/results/int4_recipes.md).
 DEFAULT_RECIPES = {"int8": "int8", "int4": "rtn-sym-head8"}
-INT8_BLOCK_SIZE = 128
-BLOCK_SIZES = (16, 32, 64, 128, 256)  # what MLAS's blockwise quantizer (onnxruntime 1.32) accepts
 INT4_RECIPES = tuple(name for name, recipe in RECIPES.items() if recipe.bits == 4)
 
 

@@ -287,7 +287,7 @@ def _greedy_or_sample(feeder: _Feeder, input_ids: np.ndarray, plan: _Plan) -> np
         if plan.on_tokens is not None:
             plan.on_tokens(next_tokens.copy())
         if eos is not None:
-            unfinished &= ~np.isin(next_tokens, eos)
+            unfinished &= ~(next_tokens[:, None] == eos).any(-1)  # np.isin costs ~30 us a step; E is tiny
             if not unfinished.any():
                 break
     return tokens[:, :cur_len].copy()

@@ -131,16 +131,21 @@ class SharedKVCache:
         Rows are the outermost axis, so any run of rows is one contiguous (rows, nh, max_length, hs) block.
         """
         rows = self.batch - first_row if rows is None else rows
-        if not 0 <= first_row < first_row + rows <= self.batch:
-            raise ValueError(f"rows [{first_row}, {first_row + rows}) are outside this cache's {self.batch} rows")
-        held = self.lengths[first_row:first_row + rows] + new_tokens
-        if int(held.max()) > self.max_length:
-            raise ValueError(f"the cache holds {self.max_length} positions per row; the next step would exceed it")
+        self.check_room(new_tokens, rows, first_row)
         for i, (past, present) in enumerate(self.names):
             shape = self._shape(i, rows)
             ptr = self._buffers[i].ptr + first_row * self._row_bytes(i)
             binding.bind_input(past, self.device, 0, self.dtype, shape, ptr)
             binding.bind_output(present, self.device, 0, self.dtype, shape, ptr)
+
+    def check_room(self, new_tokens: np.ndarray, rows: int | None = None, first_row: int = 0) -> None:
+        """Raise if `new_tokens` more positions do not fit rows [first_row, first_row + rows)."""
+        rows = self.batch - first_row if rows is None else rows
+        if not 0 <= first_row < first_row + rows <= self.batch:
+            raise ValueError(f"rows [{first_row}, {first_row + rows}) are outside this cache's {self.batch} rows")
+        held = self.lengths[first_row:first_row + rows] + new_tokens
+        if int(held.max()) > self.max_length:
+            raise ValueError(f"the cache holds {self.max_length} positions per row; the next step would exceed it")
 
     def _row_bytes(self, i: int) -> int:
         return self.heads[i] * self.max_length * self.head_dim * np.dtype(self.dtype).itemsize

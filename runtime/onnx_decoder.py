@@ -60,6 +60,8 @@ class SharedCacheDecoder:
 
     It takes the same left-padded, transformers-style steps as OnnxDecoder and moves each row's real
     tokens to the front (the graph's ragged layout), so the decoding loop cannot tell the two apart.
+    The cache's buffers never move between steps, so they are bound once (again after a beam reorder) on
+    one IOBinding that lives as long as the decoder; a step binds only the three id inputs and the logits.
     """
 
     def __init__(self, session: ort.InferenceSession, manifest: Manifest, device: str, batch: int, max_length: int):
@@ -71,32 +73,49 @@ class SharedCacheDecoder:
         self.logits_dtype = NUMPY_TYPES[float_type]
         self.cache = SharedKVCache(names, heads, shape.head_dim, batch, max_length, float_type, device)
         self.vocab_size = shape.vocab_size
+        self._binding = session.io_binding()
+        self._cache_bound = False  # the cache's buffers are bound on self._binding
+        self._logits = np.empty(0, dtype=self.logits_dtype)
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
         """Logits (B, T, V) laid out like the inputs (left-padded); pad positions hold zeros."""
         b, t = input_ids.shape
         real = attention_mask[:, -t:].astype(bool)  # (B, T) the new tokens that are not padding
-        if self.cache.lengths.any() and not real.all():
+        dense = bool(real.all())  # every decode step, and unpadded prompts: the layouts already agree
+        if self.cache.lengths.any() and not dense:
             raise ValueError("after the first step every new token must be real (attention_mask ones)")
-        counts = real.sum(-1)  # (B,)
-        width = int(counts.max())
-        ids = np.zeros((b, width), dtype=np.int64)
-        positions = np.zeros((b, width), dtype=np.int64)
-        for row in range(b):
-            ids[row, : counts[row]] = input_ids[row, real[row]]
-            positions[row, : counts[row]] = position_ids[row, real[row]]
+        if dense:
+            counts = np.full(b, t, dtype=np.int64)
+            ids = np.ascontiguousarray(input_ids, dtype=np.int64)
+            positions = np.ascontiguousarray(position_ids, dtype=np.int64)
+        else:
+            counts = real.sum(-1)  # (B,)
+            ids = np.zeros((b, int(counts.max())), dtype=np.int64)
+            positions = np.zeros_like(ids)
+            for row in range(b):
+                ids[row, : counts[row]] = input_ids[row, real[row]]
+                positions[row, : counts[row]] = position_ids[row, real[row]]
+        width = ids.shape[1]
         lengths = self.cache.lengths + counts
         mask = (np.arange(int(lengths.max()))[None, :] < lengths[:, None]).astype(np.int64)  # (B, total)
-        binding = self.session.io_binding()
+        binding = self._binding
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
         binding.bind_cpu_input("position_ids", positions)
-        binding.bind_output("logits", "cpu")  # bound first: get_outputs() returns outputs in binding order
-        self.cache.bind(binding, counts)
+        self.cache.check_room(counts)
+        if not self._cache_bound:
+            self.cache.bind(binding, counts)
+            self._cache_bound = True
+        needed = b * width * self.vocab_size
+        if self._logits.size < needed:  # grows for the prompt; decode steps reuse it
+            self._logits = np.empty(needed, dtype=self.logits_dtype)
+        ragged = self._logits[:needed].reshape(b, width, self.vocab_size)  # (B, width, V)
+        binding.bind_output("logits", "cpu", 0, self.logits_dtype, ragged.shape, ragged.ctypes.data)
         self.session.run_with_iobinding(binding)
         self.cache.advance(counts)
-        ragged = binding.get_outputs()[0].numpy()  # (B, width, V)
-        logits = np.zeros((b, t, ragged.shape[-1]), dtype=np.float32)
+        if dense:
+            return ragged.astype(np.float32)  # a copy: the buffer is the next step's output
+        logits = np.zeros((b, t, self.vocab_size), dtype=np.float32)
         for row in range(b):
             logits[row, real[row]] = ragged[row, : counts[row]]
         return logits
@@ -108,6 +127,7 @@ class SharedCacheDecoder:
     def reorder(self, beam_idx: np.ndarray) -> None:
         """Beam search: row i of the cache becomes old row beam_idx[i]."""
         self.cache.reorder(beam_idx)
+        self._cache_bound = False  # the rows now live in the other buffers
 
 
 class OnnxRuntimeBackend:

@@ -69,6 +69,21 @@ def test_decoder_logits_follow_transformers_step_by_step(lm, hf_lm):
         positions = np.where(mask == 0, 1, np.cumsum(mask, -1) - 1)
 
 
+def test_a_step_returns_logits_that_the_next_step_does_not_overwrite(lm):
+    # The decoders reuse one logits buffer across steps (and the in-place one a single binding): what a step
+    # returned is the caller's.
+    ids, mask = _batch()
+    decoder = lm.backend.decoder(3, 16)
+    positions = np.where(mask == 0, 1, np.cumsum(mask, -1) - 1)
+    first = decoder.step(ids, mask, positions)
+    kept = first.copy()
+    token = first.argmax(-1)[:, None].astype(np.int64)
+    mask = np.concatenate([mask, np.ones((3, 1), np.int64)], axis=1)
+    second = decoder.step(token, mask, (np.cumsum(mask, -1) - 1)[:, -1:])
+    np.testing.assert_array_equal(first, kept)
+    assert not np.array_equal(first, second)
+
+
 def test_greedy_equals_transformers_on_a_left_padded_batch(lm, hf_lm):
     ids, mask = _batch()
     ours = lm.generate(ids, mask, max_new_tokens=12)

@@ -402,10 +402,13 @@ class ContinuousBatcher:
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
         binding.bind_cpu_input("position_ids", positions)
-        binding.bind_output("logits", "cpu")
-        self._batch_cache().bind(binding, np.full(rows, new_tokens, dtype=np.int64), rows=rows, first_row=first_row)
+        cache = self._batch_cache()
+        # Into our own array: get_outputs() would wrap all 25 outputs (the cache's too) as OrtValues every step.
+        logits = np.empty((rows, new_tokens, self.shape.vocab_size), dtype=cache.dtype)  # logits share the cache dtype
+        binding.bind_output("logits", "cpu", 0, logits.dtype, logits.shape, logits.ctypes.data)
+        cache.bind(binding, np.full(rows, new_tokens, dtype=np.int64), rows=rows, first_row=first_row)
         self.model.backend.session.run_with_iobinding(binding)
-        return binding.get_outputs()[0].numpy()[:, -1].astype(np.float32)
+        return logits[:, -1].astype(np.float32)
 
     def _step(self) -> None:
         """One decode step for every request past its prefill."""

@@ -119,6 +119,8 @@ def test_round_targets_are_the_issues_limits_met_or_not_with_their_numbers():
     assert fp32["backend"] == "ort-fused" and fp32["limit"] == 1.05 and fp32["source"] == "issue 13"
     assert fp32["value"] == pytest.approx(1.0 / s["floor_ms"]["32"]["best"])
     assert fp32["met"] is (fp32["value"] <= 1.05)
+    ours_median = s["participants"]["ort-fused"]["decode_ms"]["32"]["median"]
+    assert fp32["detail"].endswith(f"median / median {ours_median / s['floor_ms']['32']['median']:.2f}x")
     assert targets["fp32 decode at prompt 900 / fp32 weights + KV floor"]["limit"] == 1.10
     int4 = targets["int4 decode at prompt 900 / fp32 weights + KV floor"]
     assert int4["limit"] == 0.30 and int4["value"] == pytest.approx(0.3 / s["floor_ms"]["900"]["best"])

@@ -67,6 +67,9 @@ def matrices(model_path: Path) -> list[NbitsMatrix]:
     import onnx
     from onnx import numpy_helper
 
+    if not model_path.is_file():
+        raise KernelUnavailable(f"{model_path} does not exist: pass --model an export folder (gpt2-export export "
+                                "--weights int4 --output DIR)")
     model = onnx.load(str(model_path))
     inits = {t.name: t for t in model.graph.initializer}
     found = []

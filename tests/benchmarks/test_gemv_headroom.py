@@ -83,6 +83,11 @@ def test_matrices_refuses_the_blocks_the_prototype_does_not_take(tmp_path):
         matrices(tmp_path / "model.onnx")
 
 
+def test_a_missing_export_is_named_with_the_fix(tmp_path):
+    with pytest.raises(KernelUnavailable, match="does not exist: pass --model an export folder"):
+        matrices(tmp_path / "model.onnx")
+
+
 def test_a_run_reports_both_paths_against_the_floor(kernel, tmp_path):
     _nbits_model(tmp_path / "model.onnx", BLOCK)
     result = measure(tmp_path / "model.onnx", rounds=1, threads=1, work=tmp_path, calls=2)

@@ -6,7 +6,10 @@ floor at position P is what a batch-1 fp32 step must read, the weights (analysis
 KV cache of P + 1 positions (keys and values, every layer, fp32), divided by each round's read bandwidth; its
 best is the round with the highest bandwidth. The compute floor: one batch-B step's GEMMs (random fp32 weights
 of the model's shapes), the faster of numpy and ONNX Runtime, each a round's fastest of 5; best = lowest round.
-Ratios: best / best floor.
+Ratios: best / best floor. Paired ratios (runs from 2026-12-07 13:40 on): the bandwidth is also sampled right before
+each participant's round, and that round's ms over the floor at that bandwidth is its paired ratio, reported as the
+best and the median over rounds: on a host whose bandwidth swings 2x within minutes, best / best can pair two
+windows that never met.
 """
 
 from __future__ import annotations
@@ -45,6 +48,20 @@ def _best_median(values: list[float]) -> dict[str, float] | None:
     return {"best": float(min(values)), "median": float(np.median(values)), "n": len(values)} if values else None
 
 
+def _paired_ratios(samples: dict[str, Any], floors: dict[str, Any]) -> dict[str, dict[str, float] | None]:
+    """Per position: best / median over rounds of (the round's ms / the floor at the bandwidth sampled before it)."""
+    bandwidth = samples.get("bandwidth_gbs") or []
+    paired = {}
+    for p, runs in samples["positions"].items():
+        if len(bandwidth) != len(runs):  # runs saved before the paired samples existed
+            paired[p] = None
+            continue
+        floor_bytes = floors[p]["bytes"]
+        paired[p] = _best_median([float(np.median(steps)) / (floor_bytes / (gbs * 1e9))
+                                  for steps, gbs in zip(runs, bandwidth, strict=True)])
+    return paired
+
+
 def summarize_rounds(raw: dict[str, Any], model_config: dict[str, Any]) -> dict[str, Any]:
     """Per position: the floor's and each participant's best / median ms; batch B and the compute floor."""
     weights = decode_weight_bytes(model_config)
@@ -68,9 +85,10 @@ def summarize_rounds(raw: dict[str, Any], model_config: dict[str, Any]) -> dict[
         batch = _best_median([float(np.median(steps)) * 1e3 for steps in entry["samples"]["batch"]])
         ratios = {p: (s["best"] / floors[p]["best"] if s and floors[p]["best"] else None)
                   for p, s in by_position.items()}
+        paired = _paired_ratios(entry["samples"], floors)
         participants[name] = {"status": "ok", "family": entry.get("family"), "label": label(name),
                               "decode_ms": by_position,
-                              "batch_ms": batch, "vs_floor": ratios,
+                              "batch_ms": batch, "vs_floor": ratios, "vs_paired_floor": paired,
                               "batch_vs_compute_floor": batch["best"] / compute["best"] if batch and compute else None,
                               "info": entry.get("info")}
     return {"positions": [str(p) for p in raw["positions"]], "steps": raw["steps"], "rounds": raw["rounds"],
@@ -105,6 +123,11 @@ def _missing(summary: dict[str, Any], position: str) -> str:
     return "not measured"
 
 
+def _paired_text(summary: dict[str, Any], backend: str, position: str) -> str:
+    paired = ((summary["participants"][backend].get("vs_paired_floor") or {}).get(position))
+    return f"; paired best {paired['best']:.2f}x (median {paired['median']:.2f}x)" if paired else ""
+
+
 def evaluate_round_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 13's targets: ratios to the floors measured in the same rounds, and to llama.cpp at each precision."""
     targets = []
@@ -115,11 +138,12 @@ def evaluate_round_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
         floor = summary["floor_ms"].get(position, {})
         ours = _decode(summary, backend, position)
         value = ours["best"] / floor["best"] if ours and floor.get("best") else None
-        # Best / best pairs two windows that may never have met (the bandwidth swings 2x here): median / median beside.
+        # Best / best pairs two windows that may never have met (the bandwidth swings 2x here): median / median and
+        # the ratio to the floor sampled right before each round (paired) beside it.
         detail = (f"best {ours['best']:.2f} ms (median {ours['median']:.2f}) vs fp32 weights + KV floor "
                   f"{floor['best']:.2f} ms (median {floor['median']:.2f}); median / median "
-                  f"{ours['median'] / floor['median']:.2f}x" if value is not None
-                  else _missing(summary, position))
+                  f"{ours['median'] / floor['median']:.2f}x" + _paired_text(summary, backend, position)
+                  if value is not None else _missing(summary, position))
         targets.append(_target(f"{label} decode at prompt {position} / fp32 weights + KV floor", backend, value, limit,
                                "<=", "x floor", detail))
     fp32_batch = [n for n in FP32_RUNTIME if (summary["participants"].get(n) or {}).get("batch_vs_compute_floor")]

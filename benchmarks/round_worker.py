@@ -78,7 +78,8 @@ class GemmFloor:
 
 
 class Floor:
-    """Memory read bandwidth and the batch-B GEMM time, both sampled once per round."""
+    """Memory read bandwidth and the batch-B GEMM time, both sampled once per round (and the bandwidth alone
+    right before each participant: `{"bandwidth_only": true}`)."""
 
     def __init__(self, spec: dict[str, Any]):
         self.spec = spec
@@ -88,6 +89,8 @@ class Floor:
         from .machine import read_bandwidth
 
         bandwidth = read_bandwidth(self.spec["bandwidth_mib"], self.spec["threads"], passes=3)
+        if request.get("bandwidth_only"):
+            return {"bandwidth_gbs": bandwidth["gbs"]}
         fastest = {}
         for library, step in (("numpy", self.gemm.step), ("onnxruntime", self.gemm.step_ort)):
             step()  # warm-up: page the weights in, wake the threads

@@ -239,12 +239,16 @@ def run_rounds(config: BenchConfig, arts: Artifacts, ok_backends: list[str], wor
                         continue
                     request = {"positions": positions, "steps": steps, "batch": 0 if isinstance(
                         started[name], LlamaBench) else batch, "batch_prompt": batch_prompt}
+                    # The bandwidth swings 2x within minutes here: a floor sampled right before each participant
+                    # pairs its round with the window it ran in (the round's own floor sample may not).
+                    paired = started["floor"].round({"bandwidth_only": True})["bandwidth_gbs"]
                     try:
                         answer = started[name].round(request)
                     except (RuntimeError, llama_cpp.LlamaCppError) as e:
                         raw["participants"][name] = {"status": "failed", "reason": str(e), "family": entry["family"]}
                         report(f"  {name} failed: {e}")
                         continue
+                    entry["samples"].setdefault("bandwidth_gbs", []).append(paired)
                     for position, seconds in answer["positions"].items():
                         entry["samples"]["positions"].setdefault(position, []).append(seconds)
                     if answer.get("batch"):

@@ -144,7 +144,7 @@ class OurGemv:
         def pointers(values, ctype):
             return (ctype * len(values))(*values)
 
-        self.inputs = inputs
+        self.inputs = inputs  # the kernel reads them through the pointers below: keep them alive
         mats = self.mats
         self.args = (len(mats), pointers([m.k for m in mats], ctypes.c_long),
                      pointers([m.n for m in mats], ctypes.c_long), pointers([m.bits for m in mats], ctypes.c_int),
@@ -231,9 +231,8 @@ def worker(path: str, model: Path, library: Path, threads: int, calls: int) -> d
     return {"path": path, "best_s": best}
 
 
-def check_paths(model: Path, library: Path, threads: int) -> dict[str, float]:
+def check_paths(mats: list[NbitsMatrix], library: Path, threads: int) -> dict[str, float]:
     """Both paths against the exact dequantized product, on the same inputs."""
-    mats = matrices(model)
     inputs = inputs_for(mats)
     ours = OurGemv(load_kernel(library), mats, threads)
     ours.bind(inputs)
@@ -252,8 +251,8 @@ def measure(model: Path, rounds: int, threads: int, work: Path, calls: int = 10)
     from . import machine
 
     library = build_kernel(work)
-    errors = check_paths(model, library, threads)
     mats = matrices(model)
+    errors = check_paths(mats, library, threads)
     nbytes = sum(m.nbytes for m in mats)
     times: dict[str, list[float]] = {"stock": [], "ours": []}
     floor = []

@@ -14,6 +14,22 @@ from .kv_cache import NUMPY_TYPES, KVCache, SharedKVCache
 from .manifest import CACHE_KINDS, Manifest, cache_names
 
 
+class _LogitsBuffer:
+    """One flat host array for a decoder's logits output: it grows for the prompt, and decode steps reuse it."""
+
+    def __init__(self, dtype: np.dtype):
+        self.dtype = dtype
+        self._array = np.empty(0, dtype=dtype)
+
+    def bind(self, binding: ort.IOBinding, b: int, t: int, v: int) -> np.ndarray:
+        """Bind the first b * t * v elements as the (B, T, V) logits output and return that view."""
+        if self._array.size < b * t * v:
+            self._array = np.empty(b * t * v, dtype=self.dtype)
+        logits = self._array[: b * t * v].reshape(b, t, v)
+        binding.bind_output("logits", "cpu", 0, self.dtype, logits.shape, logits.ctypes.data)
+        return logits
+
+
 class OnnxDecoder:
     """Feeds (B, T) tokens to the graph, keeps the cache, returns the last position's logits as float32."""
 
@@ -29,7 +45,7 @@ class OnnxDecoder:
         self.cache = KVCache(names, tensor_heads, shape.head_dim, batch, max_length, float_type, device)
         self.vocab_size = shape.vocab_size
         self.batch = batch
-        self._logits = np.empty(0, dtype=self.logits_dtype)
+        self._logits = _LogitsBuffer(self.logits_dtype)
         self.last_only = last_only
 
     def step(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
@@ -41,11 +57,7 @@ class OnnxDecoder:
         binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
         self.cache.bind(binding, t)
         kept = 1 if self.last_only else t  # sessions may fix logits_to_keep to 1 (runtime.model.load)
-        needed = b * kept * self.vocab_size
-        if self._logits.size < needed:  # grows once, for the prompt; decode steps reuse it
-            self._logits = np.empty(needed, dtype=self.logits_dtype)
-        logits = self._logits[:needed].reshape(b, kept, self.vocab_size)  # (B, T or 1, V)
-        binding.bind_output("logits", "cpu", 0, self.logits_dtype, logits.shape, logits.ctypes.data)
+        logits = self._logits.bind(binding, b, kept, self.vocab_size)  # (B, T or 1, V)
         self.session.run_with_iobinding(binding)
         self.cache.advance(t)
         return logits[:, -1].astype(np.float32)  # (B, V)
@@ -75,7 +87,7 @@ class SharedCacheDecoder:
         self.vocab_size = shape.vocab_size
         self._binding = session.io_binding()
         self._cache_bound = False  # the cache's buffers are bound on self._binding
-        self._logits = np.empty(0, dtype=self.logits_dtype)
+        self._logits = _LogitsBuffer(self.logits_dtype)
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray) -> np.ndarray:
         """Logits (B, T, V) laid out like the inputs (left-padded); pad positions hold zeros."""
@@ -102,15 +114,12 @@ class SharedCacheDecoder:
         binding.bind_cpu_input("input_ids", ids)
         binding.bind_cpu_input("attention_mask", mask)
         binding.bind_cpu_input("position_ids", positions)
-        self.cache.check_room(counts)
-        if not self._cache_bound:
-            self.cache.bind(binding, counts)
+        if self._cache_bound:
+            self.cache.check_room(counts)
+        else:
+            self.cache.bind(binding, counts)  # checks the room too
             self._cache_bound = True
-        needed = b * width * self.vocab_size
-        if self._logits.size < needed:  # grows for the prompt; decode steps reuse it
-            self._logits = np.empty(needed, dtype=self.logits_dtype)
-        ragged = self._logits[:needed].reshape(b, width, self.vocab_size)  # (B, width, V)
-        binding.bind_output("logits", "cpu", 0, self.logits_dtype, ragged.shape, ragged.ctypes.data)
+        ragged = self._logits.bind(binding, b, width, self.vocab_size)  # (B, width, V)
         self.session.run_with_iobinding(binding)
         self.cache.advance(counts)
         if dense:

@@ -240,13 +240,13 @@ class TorchStyleBackend:
 class RuntimeBackend:
     """Our torch-free runtime on one export or engine folder: its decoder per step, Model.generate end to end."""
 
-    def __init__(self, folder: str, provider: str, threads: int):
+    def __init__(self, folder: str, provider: str, threads: int, profile: str | None = None):
         import runtime
         from runtime.providers import ProviderUnavailableError
         from runtime.tensorrt_backend import TensorRTUnavailableError
 
-        try:
-            self.model = runtime.load(folder, provider=provider, threads=threads)
+        try:  # profile: ONNX Runtime's per-node profiler on (benchmarks.step_profile)
+            self.model = runtime.load(folder, provider=provider, threads=threads, profile=profile)
         except (ProviderUnavailableError, TensorRTUnavailableError) as e:  # no GPU, provider, TensorRT here
             raise BackendUnavailableError(str(e)) from e
         self.vocab_size = self.model.manifest.shape.vocab_size

@@ -34,6 +34,9 @@ from gpt2_export.progress import stderr_reporter
               help="Decode steps timed per prompt length per round (default 8; quick 2).")
 @click.option("--positions", default=None,
               help="Prompt lengths the rounds decode after (default: 32, 900 and eighths of n_positions to its end).")
+@click.option("--profile-steps", type=click.IntRange(min=0), default=None,
+              help="After the rounds: decode steps ONNX Runtime's profiler records for each floor target's backend, "
+                   "where its time goes (default 16; quick 2; 0: none).")
 @click.option("--peers", default=None,
               help="Peers in the rounds: llama-cpp-f32, llama-cpp-q8_0, llama-cpp-q4_0, ct2-float32, ct2-int8, all "
                    "(default) or none; each skipped with the reason when absent.")
@@ -42,7 +45,7 @@ from gpt2_export.progress import stderr_reporter
                    "[default: $GPT2_EXPORT_LLAMA_CPP].")
 @errors_as_messages
 def bench_command(model_path, output, quick, backends, repeats, prompt_lengths, batch_sizes, new_tokens, decode_batch,
-                  threads, rounds, round_steps, positions, peers, llama_cpp):
+                  threads, rounds, round_steps, positions, profile_steps, peers, llama_cpp):
     """Benchmark every backend side by side: prefill, per-token decode, tokens/s, peak RSS, ratios, targets."""
     from . import BenchConfig, run_benchmark
     from .config import parse_backends, parse_ints, parse_peers
@@ -61,6 +64,7 @@ def bench_command(model_path, output, quick, backends, repeats, prompt_lengths, 
         rounds=rounds,
         round_steps=round_steps,
         positions=parse_ints(positions, "--positions"),
+        profile_steps=profile_steps,
         peers=parse_peers(peers),
         llama_cpp=llama_cpp,
         extra={"command": " ".join(["gpt2-export", *sys.argv[1:]])},

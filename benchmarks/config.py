@@ -39,10 +39,10 @@ AGREEMENT_PROMPT_LENGTH = 16  # tokens per prompt of the int8 / int4 agreement c
 # Shapes of a full run and of --quick (a smoke test on tiny shapes, not a measurement).
 FULL = dict(prompt_lengths=(8, 32, 128, 512), batch_sizes=(1, 4, 8), decode_prompt=32, new_tokens=128,
             repeats=5, warmup=2, generate_repeats=3, agreement_prompts=8, agreement_tokens=32,
-            bandwidth_mib=1024, quiet_wait_s=300, retries=2, rounds=5, round_steps=8)
+            bandwidth_mib=1024, quiet_wait_s=300, retries=2, rounds=5, round_steps=8, profile_steps=16)
 QUICK = dict(prompt_lengths=(4, 8), batch_sizes=(1, 2), decode_prompt=4, new_tokens=4,
              repeats=1, warmup=1, generate_repeats=1, agreement_prompts=2, agreement_tokens=4,
-             bandwidth_mib=128, quiet_wait_s=0, retries=0, rounds=1, round_steps=2)
+             bandwidth_mib=128, quiet_wait_s=0, retries=0, rounds=1, round_steps=2, profile_steps=2)
 
 
 class BenchConfigError(ValueError):
@@ -74,6 +74,7 @@ class BenchConfig:
     rounds: int | None = None  # interleaved rounds of the floor, our CPU backends and the peers (0: none)
     round_steps: int | None = None  # decode steps timed per position per round
     positions: tuple[int, ...] | None = None  # prompt lengths the rounds decode after; None: the context's sweep
+    profile_steps: int | None = None  # decode steps profiled per floor target after the rounds (0: none)
     peers: tuple[str, ...] = PEERS
     llama_cpp: str | Path | None = None  # llama.cpp build folder; None: $GPT2_EXPORT_LLAMA_CPP
     seed: int = 0
@@ -108,7 +109,7 @@ class BenchConfig:
         for name, minimum in (("threads", 1), ("decode_batch", 1), ("decode_prompt", 1), ("new_tokens", 1),
                               ("repeats", 1), ("warmup", 0), ("generate_repeats", 1), ("agreement_prompts", 1),
                               ("agreement_tokens", 1), ("bandwidth_mib", 1), ("quiet_wait_s", 0), ("retries", 0),
-                              ("rounds", 0), ("round_steps", 1)):
+                              ("rounds", 0), ("round_steps", 1), ("profile_steps", 0)):
             value = getattr(self, name)
             if not isinstance(value, int) or value < minimum:
                 raise BenchConfigError(f"{name}={value!r} must be an integer >= {minimum}")

@@ -8,6 +8,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
+from . import step_profile
 from .backends import is_gpu_backend
 from .config import BASELINE, GPU_BASELINE, QUIET_SHARE
 
@@ -201,6 +202,22 @@ def rounds_lines(data: dict[str, Any]) -> list[str]:
     return lines + ["## Targets of issue 13 (from the rounds)", "", *targets_table(data.get("round_targets") or []), ""]
 
 
+def profile_lines(data: dict[str, Any]) -> list[str]:
+    """Where each batch-1 decode target's step goes: ONNX Runtime's per-node profile, per op type, beside its bytes."""
+    profiles = data.get("step_profiles") or []
+    if not profiles:
+        return []
+    lines = ["## Where the decode step's time goes (ONNX Runtime's profile, after the rounds)", "",
+             "For each batch-1 decode target above, its backend at its prompt length (benchmarks.step_profile): "
+             "the step's wall time split into the kernels, ONNX Runtime between them and the Python around "
+             "`session.run`, and each op type's kernel time beside the bytes it must read (weights; the KV cache "
+             "for attention) and the read floor of those bytes at the bandwidth sampled around the steps. Profiled "
+             "steps carry the profiler's own cost: the rounds' times rank, these explain.", ""]
+    for profile in profiles:
+        lines += step_profile.lines(profile, f"`{profile['backend']}` at prompt {profile['position']}")
+    return lines
+
+
 def _samples(bandwidth: dict[str, Any]) -> str:
     """The spread of the bandwidth measured before each backend, when it was."""
     samples = bandwidth.get("samples_gbs") or []
@@ -293,6 +310,7 @@ def markdown(data: dict[str, Any]) -> str:
         *gpu_ratio_lines(data),
         "## Targets", "", *targets_table(data["targets"]), "",
         *rounds_lines(data),
+        *profile_lines(data),
         *_agreement(data.get("agreement")), "",
     ]
     others = {n: b for n, b in data["backends"].items() if b["status"] != "ok"}

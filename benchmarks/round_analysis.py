@@ -99,11 +99,12 @@ def summarize_rounds(raw: dict[str, Any], model_config: dict[str, Any]) -> dict[
 
 
 def _target(name: str, backend: str | None, value: float | None, limit: float, comparison: str, unit: str,
-            detail: str) -> dict[str, Any]:
-    """One row in analysis' target format (report.targets_table renders it)."""
+            detail: str, position: str | None = None) -> dict[str, Any]:
+    """One row in analysis' target format (report.targets_table renders it); position: a batch-1 decode target's."""
     met = None if value is None else {"<=": value <= limit, "<": value < limit}[comparison]
-    return {"name": name, "source": SOURCE, "backend": backend, "value": value, "limit": limit,
-            "comparison": comparison, "unit": unit, "met": met, "detail": detail}
+    row = {"name": name, "source": SOURCE, "backend": backend, "value": value, "limit": limit,
+           "comparison": comparison, "unit": unit, "met": met, "detail": detail}
+    return {**row, "position": int(position)} if position is not None else row
 
 
 def _decode(summary: dict[str, Any], name: str | None, position: str) -> dict[str, float] | None:
@@ -128,6 +129,12 @@ def _paired_text(summary: dict[str, Any], backend: str, position: str) -> str:
     return f"; paired best {paired['best']:.2f}x (median {paired['median']:.2f}x)" if paired else ""
 
 
+def profile_requests(targets: list[dict[str, Any]], profiled: tuple[str, ...]) -> list[tuple[str, int]]:
+    """(backend, prompt length) of every batch-1 decode target ours were measured for, once each, in order."""
+    wanted = [(t["backend"], t["position"]) for t in targets if t.get("position") and t["backend"] in profiled]
+    return list(dict.fromkeys(wanted))
+
+
 def evaluate_round_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
     """Issue 13's targets: ratios to the floors measured in the same rounds, and to llama.cpp at each precision."""
     targets = []
@@ -145,7 +152,7 @@ def evaluate_round_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
                   f"{ours['median'] / floor['median']:.2f}x" + _paired_text(summary, backend, position)
                   if value is not None else _missing(summary, position))
         targets.append(_target(f"{label} decode at prompt {position} / fp32 weights + KV floor", backend, value, limit,
-                               "<=", "x floor", detail))
+                               "<=", "x floor", detail, position))
     fp32_batch = [n for n in FP32_RUNTIME if (summary["participants"].get(n) or {}).get("batch_vs_compute_floor")]
     by_ratio = sorted(fp32_batch, key=lambda n: summary["participants"][n]["batch_vs_compute_floor"])
     backend = by_ratio[0] if by_ratio else None
@@ -172,5 +179,5 @@ def evaluate_round_targets(summary: dict[str, Any]) -> list[dict[str, Any]]:
             else:
                 detail = _missing(summary, position)
             targets.append(_target(f"{precision}: ours / llama.cpp at prompt {position}", backend, value, 1.0, "<",
-                                   "x", detail))
+                                   "x", detail, position))
     return targets

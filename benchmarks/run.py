@@ -161,6 +161,28 @@ def _run_rounds(runnable: list[str], arts: artifacts.Artifacts, config: BenchCon
         return {"error": str(e)}
 
 
+def _run_profiles(targets: list[dict[str, Any]], arts: artifacts.Artifacts, config: BenchConfig, workdir: Path,
+                  report_: Reporter) -> list[dict[str, Any]]:
+    """ONNX Runtime's profile of each batch-1 decode target's backend at its prompt length (benchmarks.step_profile)."""
+    if not config.profile_steps:
+        return []
+    cpu_ours = tuple(name for name in rounds.ROUND_BACKENDS if name in RUNTIME_BACKENDS)
+    profiles = []
+    for backend, position in round_analysis.profile_requests(targets, cpu_ours):
+        steps = min(config.profile_steps, arts.config["n_positions"] - position)
+        spec = {"job": "step-profile", "export": str(arts.exports[RUNTIME_BACKENDS[backend][0]]), "position": position,
+                "steps": steps, "threads": config.threads, "work": str(workdir / "profiles"), "seed": config.seed,
+                "bandwidth_mib": config.bandwidth_mib}
+        try:
+            with stage(f"profile of {backend} at prompt {position}", report_):
+                result = run_worker(spec, workdir, f"profile-{backend}-p{position}", config.threads,
+                                    config.worker_timeout_s, report_)
+        except WorkerError as e:
+            result = {"error": str(e)}
+        profiles.append({"backend": backend, **result, "position": position})
+    return profiles
+
+
 def _rounds_data(raw: dict[str, Any] | None, model_config: dict[str, Any]) -> dict[str, Any] | None:
     """results.json's rounds: raw samples and their summary (or the error)."""
     if raw is None or "error" in raw:
@@ -231,6 +253,7 @@ def rerender(output: str | Path) -> BenchResult:
     rounds_raw = saved_rounds.get("raw", saved_rounds) if saved_rounds else None
     data = analyse(saved["config"], saved["machine"], saved["model"], results, saved.get("agreement"),
                    saved["created"], rounds_raw)
+    data["step_profiles"] = saved.get("step_profiles") or []  # measured, not derived: kept as saved
     files, text = write_outputs(data, output)
     return BenchResult(output, data, text, files)
 
@@ -268,6 +291,7 @@ def run_benchmark(config: BenchConfig, report_: Reporter = silent) -> BenchResul
     ok = [n for n in runnable if results[n]["status"] == "ok"]
     rounds_raw = _run_rounds(ok, arts, config, workdir, report_)
     data = analyse(config.to_dict(), machine_info, model_info(arts), results, agreement, rounds_raw=rounds_raw)
+    data["step_profiles"] = _run_profiles(data["round_targets"], arts, config, workdir, report_)
     files, text = write_outputs(data, output)
     return BenchResult(output, data, text, files)
 

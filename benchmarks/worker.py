@@ -1,6 +1,7 @@
 """`python -m benchmarks.worker SPEC RESULT`: run one job in a fresh process and write its JSON result.
 
 Jobs: "backend" (load one backend, measure it, record its peak RSS), "agreement" (int8 / int4 vs fp32),
+"step-profile" (benchmarks.step_profile: where one backend's decode step spends its time),
 "optimum-export" and "tensorrt-engine" (so the orchestrator never holds a CUDA context). A backend that
 cannot run here (missing package, provider or GPU) is reported as skipped with the reason, not as a
 failure. Only what the job needs is imported, so an ONNX Runtime backend's peak RSS holds no torch.
@@ -76,8 +77,16 @@ def run_engine_build(spec: dict[str, Any]) -> dict[str, Any]:
     return {**result, "seconds": seconds_since(start)}
 
 
+def run_step_profile(spec: dict[str, Any]) -> dict[str, Any]:
+    """ONNX Runtime's per-node profile of one backend's decode steps at one prompt length."""
+    from .step_profile import profile_export
+
+    return profile_export(Path(spec["export"]), spec["position"], spec["steps"], spec["threads"],
+                          Path(spec["work"]), spec["seed"], spec["bandwidth_mib"])
+
+
 JOBS = {"backend": run_backend, "agreement": run_agreement, "optimum-export": run_optimum_export,
-        "tensorrt-engine": run_engine_build}
+        "tensorrt-engine": run_engine_build, "step-profile": run_step_profile}
 
 
 def main(argv: list[str]) -> int:

@@ -238,6 +238,14 @@ class Model:
             closed.set()
             worker.join()
 
+    def end_profiling(self) -> Path:
+        """Write the ONNX Runtime profile of every run since load (`load(..., profile=PREFIX)`); its path."""
+        end = getattr(self.backend, "end_profiling", None)
+        if end is None:
+            raise RuntimeError(f"{self.backend.name} records no ONNX Runtime profile: profiling is for ONNX export "
+                               "folders")
+        return end()
+
     # ---- other heads -------------------------------------------------------------------------------
 
     def forward(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -332,10 +340,18 @@ def _texts(value, name: str, single: bool = True) -> list[str]:
     return list(value)
 
 
-def load(folder: str | Path, provider: str = "cpu", threads: int | None = None) -> Model:
-    """Load an export folder (or a TensorRT engine folder): read its manifest, check the graph, open the tokenizer."""
+def load(folder: str | Path, provider: str = "cpu", threads: int | None = None,
+         profile: str | Path | None = None) -> Model:
+    """Load an export folder (or a TensorRT engine folder): read its manifest, check the graph, open the tokenizer.
+
+    profile: a path prefix; ONNX Runtime then times every node of every run, and `model.end_profiling()` writes
+    the trace (Chrome trace JSON) and returns its path.
+    """
     folder = Path(folder)
     if (folder / ENGINE_MANIFEST).is_file():
+        if profile is not None:
+            raise ValueError(f"profile is for ONNX export folders; {folder} is a TensorRT engine folder: profile "
+                             "an engine with trtexec --dumpProfile or Nsight Systems")
         from .tensorrt_backend import load_engine
 
         manifest, backend = load_engine(folder)
@@ -346,7 +362,8 @@ def load(folder: str | Path, provider: str = "cpu", threads: int | None = None) 
         # (an in-place-cache batch is ragged, so its rows end at different columns and keep every position).
         last_only = manifest.kv_cache == "growing" and LOGITS_TO_KEEP in manifest.optional_inputs
         fixed = {LOGITS_TO_KEEP: np.ones(1, dtype=np.int64)} if last_only else None
-        session = create_session(model_path, provider, threads, fixed)
+        session = create_session(model_path, provider, threads, fixed,
+                                 None if profile is None else str(profile))
         check_contract(session, manifest.io, model_path)
         backend = OnnxRuntimeBackend(session, manifest, provider, DEVICE_OF[provider], last_only)
     try:

@@ -7,6 +7,8 @@ Shape legend: B batch, T new tokens, S cache + new tokens, V vocabulary.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 
@@ -153,6 +155,13 @@ class OnnxRuntimeBackend:
         if self.manifest.kv_cache == "shared":
             return SharedCacheDecoder(self.session, self.manifest, self.device, batch, max_length)
         return OnnxDecoder(self.session, self.manifest, self.device, batch, max_length, self.last_only)
+
+    def end_profiling(self) -> Path:
+        """Stop ONNX Runtime's profiler and write its trace (Chrome trace JSON); its path."""
+        if not self.session.get_session_options().enable_profiling:
+            raise RuntimeError("this model was loaded without profiling: load it with runtime.load(folder, "
+                               "profile='PREFIX') to record every node's time")
+        return Path(self.session.end_profiling())
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """One plain call of the graph; every input must be given."""

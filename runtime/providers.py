@@ -46,14 +46,19 @@ def check_provider(provider: str) -> list[str]:
 
 
 def create_session(model_path: Path, provider: str, threads: int | None,
-                   fixed_inputs: dict[str, np.ndarray] | None = None) -> ort.InferenceSession:
+                   fixed_inputs: dict[str, np.ndarray] | None = None,
+                   profile_prefix: str | None = None) -> ort.InferenceSession:
     """An InferenceSession on `provider`; raises if ONNX Runtime fell back to another provider.
 
-    fixed_inputs set optional graph inputs (initializers) once for the session's life.
+    fixed_inputs set optional graph inputs (initializers) once for the session's life; profile_prefix turns on
+    ONNX Runtime's profiler (every node's time, a Chrome trace written by `session.end_profiling()`).
     """
     providers = check_provider(provider)
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if profile_prefix is not None:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     # ONNX Runtime borrows these buffers for the session's whole life: keep them referenced beside it.
     keep_alive = [(value, ort.OrtValue.ortvalue_from_numpy(value)) for value in (fixed_inputs or {}).values()]
     for name, (_, ort_value) in zip(fixed_inputs or {}, keep_alive, strict=True):

@@ -252,3 +252,19 @@ def test_no_rounds_means_no_rounds_section(hf_checkpoints, tmp_path):
                                        backends=("ort-fused",), rounds=0))
     assert result.data["rounds"] is None and result.data["round_targets"] == []
     assert "interleaved rounds" not in result.markdown
+
+
+def test_each_batch_1_decode_targets_backend_is_profiled_after_the_rounds(rounds_run):
+    data = json.loads(rounds_run.files["json"].read_text())
+    profiles = data["step_profiles"]
+    # positions 4 and 32: the prompt-32 targets (fp32, int8, F32 / Q8_0 vs llama.cpp) name two backends
+    assert [(p["backend"], p["position"]) for p in profiles] == [("ort-fused", 32), ("ort-int8", 32)]
+    for profile in profiles:
+        assert "error" not in profile, profile.get("error")
+        assert profile["steps"] == 2 and profile["step_bytes"] > 0
+        weight_op = {"ort-fused": "MatMul", "ort-int8": "MatMulNBits"}[profile["backend"]]
+        assert weight_op in {o["op"] for o in profile["ops"] if o["bytes"]}
+    assert "## Where the decode step's time goes (ONNX Runtime's profile, after the rounds)" in rounds_run.markdown
+    assert "### `ort-int8` at prompt 32" in rounds_run.markdown
+    again = rerender(rounds_run.output)
+    assert again.data["step_profiles"] == data["step_profiles"]

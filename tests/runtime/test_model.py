@@ -422,3 +422,24 @@ def test_the_default_length_stops_at_the_position_table_as_in_transformers(lm, h
                                 eos_token_id=None).numpy()
     np.testing.assert_array_equal(ours, theirs)
     assert ours.shape[1] == 64  # 9 new tokens, not 20
+
+
+def test_a_profiled_load_writes_onnx_runtimes_trace_of_every_run_and_the_tokens_are_unchanged(exports, tmp_path):
+    import json
+
+    plain = runtime.load(exports["lm"])
+    profiled = runtime.load(exports["lm"], profile=tmp_path / "trace")
+    ids = np.array([[5, 17, 42, 99]])
+    tokens = profiled.generate(ids, max_new_tokens=3)
+    assert np.array_equal(tokens, plain.generate(ids, max_new_tokens=3))
+    trace = json.loads(profiled.end_profiling().read_text())
+    assert sum(e["name"] == "model_run" for e in trace) == 3  # the prompt, then one run per token after the first
+    assert any(e["cat"] == "Node" and e["args"].get("op_name") == "MultiHeadAttention" for e in trace)
+    with pytest.raises(RuntimeError, match=r"loaded without profiling: load it with runtime.load\(folder, profile="):
+        plain.end_profiling()
+
+
+def test_profiling_a_tensorrt_engine_folder_is_refused_with_the_tools_that_can(tmp_path):
+    (tmp_path / "engine.json").write_text("{}")
+    with pytest.raises(ValueError, match="TensorRT engine folder: profile an engine with trtexec"):
+        runtime.load(tmp_path, profile=tmp_path / "trace")

@@ -91,6 +91,7 @@ def test_a_real_profile_reads_the_graphs_weights_and_the_cache_and_adds_up(varia
     layer_norms = ops["SkipLayerNormalization"]
     assert layer_norms["bytes"] == 0 and layer_norms["nodes"] == 2 * manifest.n_layer + 1  # ln_1, ln_2 per block, ln_f
     assert 0 < profile["kernels_ms"] <= profile["run_ms"] < profile["step_ms"] and profile["python_ms"] > 0
+    assert profile["unprofiled_step_ms"] > 0  # the same steps on the export loaded without the profiler
     assert not list(tmp_path.glob("trace-*"))  # the raw trace is not left behind
     text = "\n".join(step_profile.lines(profile, "x"))
     assert f"| {attention} | {manifest.n_layer} |" in text and "x its read floor" in text

@@ -96,6 +96,7 @@ def test_rounds_summary_is_best_and_median_against_floors_of_the_same_rounds():
     floor32 = s["floor_ms"]["32"]
     assert floor32["bytes"] == weights + kv_bytes(CONFIG, 32)
     assert floor32["best"] == pytest.approx(floor32["bytes"] / 20e9 * 1e3)  # the faster round's bandwidth
+    assert s["bandwidth_gbs"] == {"best": 20.0, "median": 15.0, "n": 2}  # best: the highest, which sets that floor
     assert floor32["median"] == pytest.approx(np.median([floor32["bytes"] / 10e9, floor32["bytes"] / 20e9]) * 1e3)
     assert s["compute_floor_ms"] == {"best": 2.0, "median": 3.0, "n": 2}
     assert s["compute_floor_by_library_ms"]["numpy"] == {"best": 3.0, "median": 3.5, "n": 2}

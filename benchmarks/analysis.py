@@ -33,6 +33,13 @@ def decode_weight_bytes(config: dict[str, Any], bytes_per_weight: int = 4) -> in
     return parameters * bytes_per_weight
 
 
+def step_products(config: dict[str, Any]) -> list[tuple[int, int]]:
+    """(K, N) of every weight product of one decode step, in graph order: 4 per block, then the LM head."""
+    c = config["n_embd"]
+    inner = config.get("n_inner") or 4 * c
+    return [(c, 3 * c), (c, c), (c, inner), (inner, c)] * config["n_layer"] + [(c, config["vocab_size"])]
+
+
 def memory_floor(config: dict[str, Any], bandwidth_gbs: float) -> dict[str, float]:
     """The fp32 decode floor: weight bytes / measured read bandwidth."""
     weight_bytes = decode_weight_bytes(config)

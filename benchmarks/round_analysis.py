@@ -44,13 +44,9 @@ def kv_bytes(config: dict[str, Any], position: int, bytes_per_value: int = 4) ->
     return 2 * config["n_layer"] * (position + 1) * config["n_embd"] * bytes_per_value
 
 
-def _best_median(values: list[float]) -> dict[str, float] | None:
-    return {"best": float(min(values)), "median": float(np.median(values)), "n": len(values)} if values else None
-
-
-def _highest_median(values: list[float]) -> dict[str, float] | None:
-    """A bandwidth's best is its highest sample (the one that sets the best floor)."""
-    return {"best": float(max(values)), "median": float(np.median(values)), "n": len(values)} if values else None
+def _best_median(values: list[float], best=min) -> dict[str, float] | None:
+    """Best (the lowest, or `best=max` for a bandwidth) and median of a list; None when empty."""
+    return {"best": float(best(values)), "median": float(np.median(values)), "n": len(values)} if values else None
 
 
 def _paired_ratios(samples: dict[str, Any], floors: dict[str, Any]) -> dict[str, dict[str, float] | None]:
@@ -98,7 +94,7 @@ def summarize_rounds(raw: dict[str, Any], model_config: dict[str, Any]) -> dict[
                               "info": entry.get("info")}
     return {"positions": [str(p) for p in raw["positions"]], "steps": raw["steps"], "rounds": raw["rounds"],
             "batch": raw["batch"], "batch_prompt": raw["batch_prompt"], "weight_bytes": weights,
-            "bandwidth_gbs": _highest_median(bandwidth), "floor_ms": floors, "compute_floor_ms": compute,
+            "bandwidth_gbs": _best_median(bandwidth, best=max), "floor_ms": floors, "compute_floor_ms": compute,
             "compute_floor_by_library_ms": by_library,
             "participants": participants}
 

@@ -35,13 +35,14 @@ class GemmFloor:
     """
 
     def __init__(self, config: dict[str, Any], batch: int, seed: int, threads: int = 1):
-        c, v = config["n_embd"], config["vocab_size"]
-        inner = config.get("n_inner") or 4 * c
+        from .analysis import step_products
+
         rng = np.random.default_rng(seed)
-        shapes = [(c, 3 * c), (c, c), (c, inner), (inner, c)] * config["n_layer"] + [(c, v)]
+        shapes = step_products(config)
         # One array per layer's weight, as the model has: a step reads every one of them once.
         self.weights = [rng.standard_normal(shape, dtype=np.float32) for shape in shapes]
-        self.inputs = {n: rng.standard_normal((batch, n), dtype=np.float32) for n in {c, inner}}  # (B, C), (B, 4C)
+        widths = sorted({k for k, _ in shapes})  # C and the MLP's inner width
+        self.inputs = {n: rng.standard_normal((batch, n), dtype=np.float32) for n in widths}  # (B, C), (B, 4C)
         self.session = self._session(threads)
 
     def _session(self, threads: int):

@@ -29,6 +29,8 @@ from typing import Any
 
 import numpy as np
 
+from .config import BenchConfigError, parse_ints
+
 ATTENTION_OPS = ("MultiHeadAttention", "GroupQueryAttention", "Attention")
 # The ops whose bytes set a decode step's floor: the weight products (their initializers) and attention (the KV
 # cache). The others read activations and a few hundred bytes of parameters; an embedding Gather reads one row.
@@ -73,15 +75,17 @@ def trace_runs(trace: list[dict[str, Any]], runs: int) -> list[dict[str, Any]]:
 def summarize(runs: list[dict[str, Any]], step_s: list[float], weights: dict[str, int], kv_bytes: int,
               bandwidth_gbs: float) -> dict[str, Any]:
     """Medians over the steps: wall, run, Python, between kernels, and each op type's time against its bytes."""
-    per_op_us: dict[str, list[float]] = defaultdict(list)
     nodes: dict[str, set[str]] = defaultdict(set)
     for run in runs:
-        totals: dict[str, float] = defaultdict(float)
-        for name, op, us in run["kernels"]:
-            totals[op] += us
+        for name, op, _ in run["kernels"]:
             nodes[op].add(name)
-        for op in {op for _, op, _ in (k for r in runs for k in r["kernels"])}:
-            per_op_us[op].append(totals.get(op, 0.0))
+    per_op_us: dict[str, list[float]] = {op: [] for op in nodes}
+    for run in runs:
+        totals: dict[str, float] = defaultdict(float)
+        for _, op, us in run["kernels"]:
+            totals[op] += us
+        for op, samples in per_op_us.items():  # an op absent from a run counts 0 there
+            samples.append(totals[op])
     run_ms = [r["us"] / 1e3 for r in runs]
     kernel_ms = [sum(us for _, _, us in r["kernels"]) / 1e3 for r in runs]
     floor_per_byte_ms = 1e3 / (bandwidth_gbs * 1e9)
@@ -157,7 +161,7 @@ def lines(profile: dict[str, Any], title: str) -> list[str]:
     if "error" in profile:
         return [f"### {title}", "", f"- not profiled: {profile['error']}", ""]
     bw = profile["bandwidth_gbs"]
-    plain = profile.get("unprofiled_step_ms", profile["step_ms"])  # saved profiles from before 2026-12-07 16:00
+    plain = profile["unprofiled_step_ms"]
     streaming = profile["streaming_ms"] / profile["streaming_read_floor_ms"]
     out = [f"### {title}", "",
            f"Prompt {profile['position']}, median of {profile['steps']} decode steps, {profile['threads']} threads; "
@@ -190,10 +194,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, help="also write results.md and results.json here")
     args = parser.parse_args(argv)
     try:
-        positions = [int(p) for p in args.positions.split(",") if p.strip()]
-    except ValueError:
-        print(f"step_profile: --positions {args.positions!r} is not a comma-separated list of integers",
-              file=sys.stderr)
+        positions = parse_ints(args.positions, "--positions")
+    except BenchConfigError as e:
+        print(f"step_profile: {e}", file=sys.stderr)
         return 2
     if args.steps < 1 or not positions or min(positions) < 1:
         print("step_profile: --steps and every position must be >= 1", file=sys.stderr)

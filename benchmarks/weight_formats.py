@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from .analysis import step_products
+
 GPT2_SMALL = {"n_layer": 12, "n_embd": 768, "vocab_size": 50257}
 
 
@@ -49,12 +51,6 @@ class WeightFormat:
 FORMATS = (WeightFormat(32, head_bits=32), WeightFormat(8), WeightFormat(8, block=32), WeightFormat(-8, head_bits=-8),
            WeightFormat(4), WeightFormat(4, block=32), WeightFormat(4, block=256), WeightFormat(4, head_bits=4),
            WeightFormat(4, head_bits=-8))
-
-
-def shapes(config: dict[str, int]) -> list[tuple[int, int]]:
-    """(K, N) of every weight product of one decode step, in graph order; the LM head last."""
-    c = config["n_embd"]
-    return [(c, 3 * c), (c, c), (c, 4 * c), (4 * c, c)] * config["n_layer"] + [(c, config["vocab_size"])]
 
 
 def _product(i: int, k: int, n: int, bits: int, block: int, accuracy_level: int, rng: np.random.Generator):
@@ -89,7 +85,7 @@ def session(fmt: WeightFormat, config: dict[str, int], threads: int) -> tuple[An
     from onnx import TensorProto, helper
 
     rng = np.random.default_rng(0)
-    products = shapes(config)
+    products = step_products(config)
     nodes, inits, outputs, total = [], [], [], 0
     for i, (k, n) in enumerate(products):
         bits, block = (fmt.head_bits, 128) if i == len(products) - 1 else (fmt.layers_bits, fmt.block)

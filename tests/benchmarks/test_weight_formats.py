@@ -7,23 +7,24 @@ import numpy as np
 import pytest
 
 from benchmarks import weight_formats
-from benchmarks.weight_formats import FORMATS, WeightFormat, measure, session, shapes
+from benchmarks.analysis import step_products
+from benchmarks.weight_formats import FORMATS, WeightFormat, measure, session
 
 TINY = {"n_layer": 1, "n_embd": 256, "vocab_size": 512}
 
 
 def test_the_step_is_the_four_products_of_each_block_and_the_head():
-    assert shapes(TINY) == [(256, 768), (256, 256), (256, 1024), (1024, 256), (256, 512)]
-    assert len(shapes(weight_formats.GPT2_SMALL)) == 49
+    assert step_products(TINY) == [(256, 768), (256, 256), (256, 1024), (1024, 256), (256, 512)]
+    assert len(step_products(weight_formats.GPT2_SMALL)) == 49
 
 
 @pytest.mark.parametrize("fmt", FORMATS, ids=lambda f: f.name)
 def test_each_format_builds_reads_its_bytes_and_computes_finite_products(fmt):
     sess, feeds, nbytes = session(fmt, TINY, threads=1)
     outputs = sess.run(None, feeds)
-    assert [o.shape for o in outputs] == [(1, n) for _, n in shapes(TINY)]
+    assert [o.shape for o in outputs] == [(1, n) for _, n in step_products(TINY)]
     assert all(np.isfinite(o).all() for o in outputs)
-    params = sum(k * n for k, n in shapes(TINY))
+    params = sum(k * n for k, n in step_products(TINY))
     if fmt.layers_bits == fmt.head_bits == 32:
         assert nbytes == 4 * params
     else:  # quantized: half a byte or one per weight, plus a 4-byte scale per block (of 32 at least) or column
@@ -34,7 +35,7 @@ def test_matmulnbits_int4_dequantizes_as_its_layout_says():
     """The random bytes are real data: one 4-bit block's product equals the dequantized weights' product."""
     sess, feeds, _ = session(WeightFormat(4, block=128, accuracy_level=0, head_bits=4), TINY, threads=1)
     rng = np.random.default_rng(0)  # session() draws its weights first from the same seed: replay the first product
-    k, n = shapes(TINY)[0]
+    k, n = step_products(TINY)[0]
     packed = rng.integers(0, 256, (n, k // 128, 64), dtype=np.uint8)
     scale = rng.random(n * (k // 128), dtype=np.float32) * 0.01 + 1e-3
     low, high = packed & 0x0F, packed >> 4

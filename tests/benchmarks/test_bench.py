@@ -266,6 +266,9 @@ def test_config_validation_names_the_value_and_the_fix():
     for bad in (0, -1, 2.0):
         with pytest.raises(BenchConfigError, match="decode_batch"):
             BenchConfig(decode_batch=bad)
+    assert full.profile_steps == 16 and quick.profile_steps == 2 and BenchConfig(profile_steps=0).profile_steps == 0
+    with pytest.raises(BenchConfigError, match=r"profile_steps=-1 must be an integer >= 0"):
+        BenchConfig(profile_steps=-1)
 
 
 def test_a_sequence_longer_than_n_positions_is_refused(hf_checkpoints, tmp_path):
